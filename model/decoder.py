@@ -1,0 +1,461 @@
+"""Block-diffusion decoding with a KV cache, and the autoregressive baseline on the same weights.
+
+Semantics follow Stable-DiffCoder's ``generate_block`` (diffusion.md 1.4): blocks aligned to absolute
+positions; prefill of the whole prompt blocks; each step forwards only the current block over the cache;
+provisional keys are never kept (the next step overwrites their slots); one commit forward per finished
+block; EOS looked for only in generated tokens. Commit rule: a fixed number of steps per block, or a
+confidence threshold (always the top-1, then every masked position at or above tau).
+
+Beyond the reference: batches with per-row prompt lengths and per-row stopping (rows step in lockstep,
+a row's commit forward shares the batched forward with other rows' denoising steps), a callback after
+every step, cancellation between steps, stop strings, NFE and tokens-per-forward counts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .cache import BlockKVCache
+from .network import forward_logits, remask_config
+
+CONFIDENCES = ("low_confidence", "margin", "entropy", "random")
+
+
+class DecodeCancelled(Exception):
+    """Raised between steps when the cancel check says so; nothing is committed after it."""
+
+
+@dataclass
+class DecodeConfig:
+    max_new_tokens: int = 128
+    block_size: int | None = None  # None: the model's
+    threshold: float | None = 0.9  # None: fixed schedule of ``steps_per_block`` steps
+    steps_per_block: int | None = None  # fixed schedule; None: one token per step
+    confidence: str = "low_confidence"
+    temperature: float = 0.0
+    seed: int | None = 0
+    mode: str = "diffusion"  # "diffusion" or "ar"
+    stop_at_eos: bool = True
+    stop_strings: tuple[str, ...] = ()
+    eos_fill: bool = True  # once EOS is committed, the block's later masks become EOS (no more steps)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be in [0, 1]")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.mode not in ("diffusion", "ar"):
+            raise ValueError("mode must be 'diffusion' or 'ar'")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        if self.steps_per_block is not None and self.steps_per_block < 1:
+            raise ValueError("steps_per_block must be at least 1")
+
+
+@dataclass
+class StepEvent:
+    """What a UI needs to draw one denoising step."""
+
+    step: int
+    nfe: int
+    rows: list[list[int]]  # per input row: generated tokens so far, ``mask_id`` where still masked
+    committed: list[int]  # tokens committed by this step, per input row
+    done: list[bool]
+    mask_id: int
+    elapsed_s: float
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[list[int]]  # per row: generated tokens, EOS and anything after it removed
+    logprobs: list[list[float]]  # per token: log p of the committed token when it was committed
+    commit_steps: list[list[int]]  # per token: the step that committed it
+    finish: list[str]  # "eos" | "stop" | "length"
+    nfe: int = 0
+    steps: int = 0
+    elapsed_s: float = 0.0
+    texts: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def generated(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.generated / max(self.nfe, 1)
+
+    def score(self, row: int) -> float:
+        """Mean log-probability of a row's tokens: the model's own ranking score."""
+        lp = self.logprobs[row]
+        return sum(lp) / len(lp) if lp else float("-inf")
+
+
+def _confidence(logits: torch.Tensor, x0: torch.Tensor, kind: str, gen: torch.Generator | None) -> torch.Tensor:
+    p = torch.softmax(logits.double(), dim=-1)
+    if kind == "low_confidence":
+        return torch.gather(p, -1, x0[..., None])[..., 0]
+    if kind == "margin":
+        top2 = p.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "entropy":
+        return (p * torch.log(p.clamp_min(1e-300))).sum(-1)  # negative entropy: higher is surer
+    return torch.rand(x0.shape, generator=gen, dtype=torch.float64, device="cpu").to(x0.device)
+
+
+def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Argmax, or a Gumbel-max sample at temperature T computed in float64 (as the reference does)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
+    g = -torch.log(-torch.log(u.clamp(1e-300, 1.0)).clamp_min(1e-300))
+    return (logits.double() + temperature * g).argmax(-1)
+
+
+def _fixed_schedule(n_masked: int, steps: int) -> list[int]:
+    """Split a block's masked count evenly over the steps, remainder first (LLaDA / SDC)."""
+    base, rem = divmod(n_masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+class _Row:
+    """Decoding state of one batch row."""
+
+    def __init__(self, prompt: list[int], max_new: int, block: int) -> None:
+        self.prompt_len = len(prompt)
+        self.limit = len(prompt) + max_new
+        self.end = math.ceil(self.limit / block) * block  # canvas end, block aligned
+        self.block_start = (len(prompt) // block) * block
+        self.done = False
+        self.finish = "length"
+        self.commit_pending = False  # the current window is final and needs its commit forward
+        self.schedule: list[int] = []
+        self.logp: dict[int, float] = {}
+        self.step_of: dict[int, int] = {}
+
+
+@torch.no_grad()
+def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None = None, *,
+             tokenizer=None, callback: Callable[[StepEvent], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> DecodeResult:
+    """Generate continuations of each prompt. ``prompts`` are lists of token ids (lengths may differ)."""
+    cfg = cfg or DecodeConfig()
+    cfg.validate()
+    if not prompts:
+        raise ValueError("no prompts")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("a prompt is empty: start it with at least one token (e.g. bos)")
+    mcfg = remask_config(model)
+    if cfg.mode == "ar":
+        return _generate_ar(model, prompts, cfg, tokenizer, callback, cancel)
+    if mcfg.logit_shift:
+        raise ValueError("this checkpoint is autoregressive (logit shift); decode it with mode='ar'")
+    B = cfg.block_size or mcfg.block_size
+    mask_id = mcfg.mask_token_id
+    eos_id = mcfg.eos_token_id
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    t0 = time.perf_counter()
+
+    rows = [_Row(list(p), cfg.max_new_tokens, B) for p in prompts]
+    n = len(rows)
+    cap = max(r.end for r in rows)
+    if cap > mcfg.max_position_embeddings:
+        raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens ({cap}) exceeds the model context "
+                         f"({mcfg.max_position_embeddings}); shorten the context")
+    x = torch.full((n, cap), mask_id, dtype=torch.long)
+    for i, (r, p) in enumerate(zip(rows, prompts)):
+        x[i, : r.prompt_len] = torch.tensor(list(p), dtype=torch.long)
+    cache = BlockKVCache(mcfg.num_hidden_layers, n, cap)
+    active = list(range(n))
+    nfe = 0
+
+    # Prefill the whole prompt blocks of every row in one forward.
+    pre = max(r.block_start for r in rows)
+    if pre > 0:
+        pos = torch.arange(pre)
+        allowed = (pos[None, :] // B <= pos[:, None] // B)[None].repeat(n, 1, 1)
+        limit = torch.tensor([r.block_start for r in rows])
+        allowed &= pos[None, None, :] < limit[:, None, None]
+        allowed |= torch.eye(pre, dtype=torch.bool)[None]  # padded queries see themselves (no NaN)
+        forward_logits(model, x[:, :pre].to(device), pos.expand(n, -1).to(device), allowed.to(device),
+                       cache=cache, kv_len=pre, keep=slice(0, 0))
+        nfe += 1
+
+    for r in rows:
+        _new_block(r, x, cfg, B, mask_id, rows.index(r))
+    step = 0
+    while active:
+        if cancel is not None and cancel():
+            raise DecodeCancelled()
+        starts = torch.tensor([rows[i].block_start for i in active])
+        win_pos = starts[:, None] + torch.arange(B)[None]
+        win_ids = torch.gather(x[active], 1, win_pos)
+        kv_len = int(starts.max()) + B
+        allowed = torch.arange(kv_len)[None, None, :] < (starts + B)[:, None, None]
+        allowed = allowed.expand(-1, B, -1)
+        logits = forward_logits(model, win_ids.to(device), win_pos.to(device), allowed.to(device),
+                                cache=cache, kv_len=kv_len).float()
+        nfe += 1
+        step += 1
+        logits[..., mask_id] = float("-inf")
+        committed = [0] * n
+        finished_now = []
+        for j, i in enumerate(active):
+            r = rows[i]
+            if r.commit_pending:  # this forward was the row's commit pass
+                r.commit_pending = False
+                r.block_start += B
+                if r.block_start >= r.end:
+                    r.done, r.finish = True, "length"
+                    finished_now.append(i)
+                else:
+                    _new_block(r, x, cfg, B, mask_id, i)
+                continue
+            masked = (win_ids[j] == mask_id).nonzero().flatten()
+            if masked.numel() == 0:
+                continue
+            lg = logits[j, masked]
+            x0 = _pick(lg, cfg.temperature, gen)
+            conf = _confidence(lg, x0, cfg.confidence, gen)
+            logp = torch.log_softmax(lg.double(), -1).gather(-1, x0[:, None])[:, 0]
+            order = torch.argsort(conf, descending=True)
+            if cfg.threshold is None:
+                k = r.schedule.pop(0) if r.schedule else masked.numel()
+                k = max(1, min(k, masked.numel()))
+                chosen = order[:k]
+            else:
+                keep = conf[order] >= cfg.threshold
+                keep[0] = True
+                chosen = order[keep]
+            for c in chosen.tolist():
+                p = int(r.block_start + masked[c])
+                x[i, p] = int(x0[c])
+                r.logp[p] = float(logp[c])
+                r.step_of[p] = step
+            committed[i] = len(chosen)
+            window = x[i, r.block_start: r.block_start + B]
+            gen_from = max(r.block_start, r.prompt_len)
+            if cfg.stop_at_eos and cfg.eos_fill:
+                eos_pos = (x[i, gen_from: r.block_start + B] == eos_id).nonzero().flatten()
+                if eos_pos.numel():
+                    first = gen_from + int(eos_pos[0])
+                    tail = x[i, first: r.block_start + B]
+                    tail[tail == mask_id] = eos_id
+            if (window == mask_id).any():
+                continue
+            # Block finished: EOS (generated part only), stop strings, length, or commit and go on.
+            if cfg.stop_at_eos and (x[i, gen_from: r.block_start + B] == eos_id).any():
+                r.done, r.finish = True, "eos"
+            elif cfg.stop_strings and tokenizer is not None and _hit_stop(tokenizer, x[i, r.prompt_len: r.block_start + B],
+                                                                          cfg.stop_strings):
+                r.done, r.finish = True, "stop"
+            elif r.block_start + B >= r.limit:
+                r.done, r.finish = True, "length"
+            else:
+                r.commit_pending = True
+            if r.done:
+                finished_now.append(i)
+        if callback is not None:
+            callback(StepEvent(step=step, nfe=nfe, rows=[_canvas(x, rows, i, B) for i in range(n)],
+                               committed=committed, done=[r.done for r in rows], mask_id=mask_id,
+                               elapsed_s=time.perf_counter() - t0))
+        if finished_now:
+            keep_rows = [j for j, i in enumerate(active) if not rows[i].done]
+            active = [active[j] for j in keep_rows]
+            if active:
+                cache.select_rows(torch.tensor(keep_rows, device=device))
+    return _result(x, rows, cfg, tokenizer, eos_id, nfe, step, time.perf_counter() - t0)
+
+
+def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:
+    n_masked = int((x[i, r.block_start: r.block_start + B] == mask_id).sum())
+    steps = cfg.steps_per_block or B
+    r.schedule = [k for k in _fixed_schedule(n_masked, steps) if k > 0]
+
+
+def _canvas(x: torch.Tensor, rows: list[_Row], i: int, B: int) -> list[int]:
+    r = rows[i]
+    end = min(r.block_start + B, r.end) if not r.done else r.block_start + B
+    return x[i, r.prompt_len: max(end, r.prompt_len)].tolist()
+
+
+def _hit_stop(tokenizer, ids: torch.Tensor, stops: tuple[str, ...]) -> bool:
+    text = tokenizer.decode(ids.tolist())
+    return any(s in text for s in stops)
+
+
+def _result(x, rows, cfg, tokenizer, eos_id, nfe, steps, elapsed) -> DecodeResult:
+    toks, lps, sts, fin, texts = [], [], [], [], []
+    for i, r in enumerate(rows):
+        seq = x[i, r.prompt_len: r.limit].tolist()
+        if cfg.stop_at_eos and eos_id in seq:
+            seq = seq[: seq.index(eos_id)]
+            r.finish = "eos"
+        positions = range(r.prompt_len, r.prompt_len + len(seq))
+        text = None
+        if tokenizer is not None:
+            text = tokenizer.decode(seq)
+            for s in cfg.stop_strings:
+                if s in text:
+                    text = text[: text.index(s)]
+                    r.finish = "stop"
+        toks.append(seq)
+        lps.append([r.logp.get(p, 0.0) for p in positions])
+        sts.append([r.step_of.get(p, 0) for p in positions])
+        fin.append(r.finish)
+        texts.append(text)
+    return DecodeResult(tokens=toks, logprobs=lps, commit_steps=sts, finish=fin, nfe=nfe, steps=steps,
+                        elapsed_s=elapsed, texts=texts if tokenizer is not None else None)
+
+
+@torch.no_grad()
+def _generate_ar(model, prompts, cfg: DecodeConfig, tokenizer, callback, cancel) -> DecodeResult:
+    """One token per forward on the same weights: the baseline for every speed figure.
+
+    A shifted (AR-trained) model predicts the next token from the last one; a no-shift (diffusion) model
+    predicts a mask placed after the last token, its window [last, MASK] under a causal mask, which is
+    block diffusion with B = 1 and the commit forward merged into the next step.
+    """
+    mcfg = remask_config(model)
+    shift = mcfg.logit_shift
+    mask_id, eos_id = mcfg.mask_token_id, mcfg.eos_token_id
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    t0 = time.perf_counter()
+    n = len(prompts)
+    lens = [len(p) for p in prompts]
+    cap = max(lens) + cfg.max_new_tokens + 1
+    if cap > mcfg.max_position_embeddings:
+        raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens exceeds the model context "
+                         f"({mcfg.max_position_embeddings}); shorten the context")
+    x = torch.full((n, cap), mask_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        x[i, : lens[i]] = torch.tensor(list(p))
+    rows = [_Row(list(p), cfg.max_new_tokens, 1) for p in prompts]
+    cache = BlockKVCache(mcfg.num_hidden_layers, n, cap)
+    nfe = 0
+    pre = max(lens) - 1  # every row's prompt except its last token
+    if pre > 0:
+        pos = torch.arange(pre)
+        allowed = (pos[None, :] <= pos[:, None])[None].repeat(n, 1, 1)
+        lim = torch.tensor([L - 1 for L in lens])
+        allowed &= pos[None, None, :] < lim[:, None, None]
+        allowed |= torch.eye(pre, dtype=torch.bool)[None]
+        forward_logits(model, x[:, :pre].to(device), pos.expand(n, -1).to(device), allowed.to(device),
+                       cache=cache, kv_len=pre, keep=slice(0, 0))
+        nfe += 1
+    cur = torch.tensor([L for L in lens])  # position of the next token to produce, per row
+    active = list(range(n))
+    step = 0
+    W = 1 if shift else 2
+    while active:
+        if cancel is not None and cancel():
+            raise DecodeCancelled()
+        c = cur[active]
+        win_pos = c[:, None] - 1 + torch.arange(W)[None]
+        win_ids = torch.gather(x[active], 1, win_pos)
+        kv_len = int(win_pos.max()) + 1
+        allowed = torch.arange(kv_len)[None, None, :] <= win_pos[:, :, None]
+        logits = forward_logits(model, win_ids.to(device), win_pos.to(device), allowed.to(device), cache=cache,
+                                kv_len=kv_len, keep=slice(W - 1, W)).float()[:, 0]
+        nfe += 1
+        step += 1
+        logits[:, mask_id] = float("-inf")
+        tok = _pick(logits, cfg.temperature, gen)
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, tok[:, None])[:, 0]
+        committed = [0] * n
+        keep_rows = []
+        for j, i in enumerate(active):
+            p = int(cur[i])
+            x[i, p] = int(tok[j])
+            rows[i].logp[p] = float(logp[j])
+            rows[i].step_of[p] = step
+            committed[i] = 1
+            cur[i] += 1
+            r = rows[i]
+            if cfg.stop_at_eos and int(tok[j]) == eos_id:
+                r.done, r.finish = True, "eos"
+            elif cfg.stop_strings and tokenizer is not None and _hit_stop(tokenizer, x[i, r.prompt_len: p + 1],
+                                                                          cfg.stop_strings):
+                r.done, r.finish = True, "stop"
+            elif p + 1 >= r.limit:
+                r.done, r.finish = True, "length"
+            else:
+                keep_rows.append(j)
+        if callback is not None:
+            callback(StepEvent(step=step, nfe=nfe, rows=[x[i, rows[i].prompt_len: int(cur[i])].tolist()
+                                                          for i in range(n)],
+                               committed=committed, done=[r.done for r in rows], mask_id=mask_id,
+                               elapsed_s=time.perf_counter() - t0))
+        if len(keep_rows) < len(active):
+            active = [active[j] for j in keep_rows]
+            if active:
+                cache.select_rows(torch.tensor(keep_rows, device=device))
+    return _result(x, rows, cfg, tokenizer, eos_id, nfe, step, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[int]:
+    """Uncached, batch-1 decoding: every step forwards the whole canvas under the block-causal mask.
+
+    Slow and simple; the tests hold the cached decoder to it token for token.
+    """
+    mcfg = remask_config(model)
+    B = cfg.block_size or mcfg.block_size
+    mask_id, eos_id = mcfg.mask_token_id, mcfg.eos_token_id
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    r = _Row(list(prompt), cfg.max_new_tokens, B)
+    x = torch.full((1, r.end), mask_id, dtype=torch.long)
+    x[0, : r.prompt_len] = torch.tensor(list(prompt))
+    _new_block(r, x, cfg, B, mask_id, 0)
+    device = next(model.parameters()).device
+    while True:
+        end = r.block_start + B
+        pos = torch.arange(end)
+        allowed = (pos[None, :] // B <= pos[:, None] // B)[None]
+        logits = forward_logits(model, x[:, :end].to(device), pos[None].to(device), allowed.to(device)).float()
+        logits = logits[0, r.block_start:end]
+        logits[:, mask_id] = float("-inf")
+        win = x[0, r.block_start:end]
+        masked = (win == mask_id).nonzero().flatten()
+        lg = logits[masked]
+        x0 = _pick(lg, cfg.temperature, gen)
+        conf = _confidence(lg, x0, cfg.confidence, gen)
+        order = torch.argsort(conf, descending=True)
+        if cfg.threshold is None:
+            k = r.schedule.pop(0) if r.schedule else masked.numel()
+            chosen = order[: max(1, min(k, masked.numel()))]
+        else:
+            keep = conf[order] >= cfg.threshold
+            keep[0] = True
+            chosen = order[keep]
+        for c in chosen.tolist():
+            x[0, r.block_start + int(masked[c])] = int(x0[c])
+        gen_from = max(r.block_start, r.prompt_len)
+        if cfg.stop_at_eos and cfg.eos_fill:
+            e = (x[0, gen_from:end] == eos_id).nonzero().flatten()
+            if e.numel():
+                tail = x[0, gen_from + int(e[0]): end]
+                tail[tail == mask_id] = eos_id
+        if (x[0, r.block_start:end] == mask_id).any():
+            continue
+        if cfg.stop_at_eos and (x[0, gen_from:end] == eos_id).any():
+            break
+        if end >= r.limit:
+            break
+        r.block_start += B
+        _new_block(r, x, cfg, B, mask_id, 0)
+    seq = x[0, r.prompt_len: r.limit].tolist()
+    if cfg.stop_at_eos and eos_id in seq:
+        seq = seq[: seq.index(eos_id)]
+    return seq

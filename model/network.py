@@ -1,0 +1,76 @@
+"""The network: transformers' Llama, used with explicit masks and positions.
+
+Nothing here re-implements the transformer. A block-diffusion model differs from Seed-Coder only in the
+mask it is run with and in the loss (no logit shift), so ``LlamaForCausalLM`` loads real checkpoints
+unchanged; we choose the attention backend and pass 4-D masks (dense boolean for SDPA, ``BlockMask`` for
+flex attention), which transformers hands to the kernel as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM
+
+from .cache import BlockKVCache
+from .config import ModelConfig
+
+BACKENDS = ("sdpa", "flex_attention", "eager", "flash_attention_2")
+
+
+def build_model(config: ModelConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                seed: int | None = 0, attn: str = "sdpa") -> LlamaForCausalLM:
+    """A randomly initialised model of the given shape."""
+    hf = config.to_hf()
+    hf._attn_implementation = attn
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(hf)
+    model.to(dtype=dtype)
+    model.remask_config = config  # type: ignore[attr-defined]
+    model.eval()
+    return model
+
+
+def set_attention_backend(model: LlamaForCausalLM, name: str) -> None:
+    """Switch the attention kernel; flash-attn only makes sense for plain causal masks."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS}")
+    if name == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError("flash-attn is not installed (pip install 'remask[flash]')") from e
+    model.config._attn_implementation = name
+    for m in model.modules():
+        if hasattr(m, "config") and m.config is not model.config:
+            m.config._attn_implementation = name
+
+
+def remask_config(model: LlamaForCausalLM) -> ModelConfig:
+    cfg = getattr(model, "remask_config", None)
+    if cfg is None:
+        cfg = ModelConfig.from_json_dict(model.config.to_dict())
+        model.remask_config = cfg  # type: ignore[attr-defined]
+    return cfg
+
+
+def forward_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   mask, cache: BlockKVCache | None = None, kv_len: int | None = None,
+                   keep: torch.Tensor | slice | None = None) -> torch.Tensor:
+    """Logits for ``input_ids`` at ``position_ids`` under an explicit mask.
+
+    ``mask`` is a boolean [batch, q, k] tensor (True = may attend) or a flex ``BlockMask``. With a cache,
+    keys are the cache slots ``[0, kv_len)`` and the mask's k axis indexes those slots. ``keep`` selects
+    the query positions whose logits are needed (the head is the largest matmul for small models).
+    """
+    if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+        mask = mask[:, None]
+    if cache is not None:
+        cache.prepare(position_ids, kv_len if kv_len is not None else int(position_ids.max()) + 1)
+    out = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                      past_key_values=cache, use_cache=cache is not None)
+    h = out.last_hidden_state
+    if keep is not None:
+        h = h[:, keep]
+    return model.lm_head(h)

@@ -1,0 +1,1 @@
+"""Front ends: the ``remask`` command line, the Textual TUI and the Gradio demo."""
