@@ -173,7 +173,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
         raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens ({cap}) exceeds the model context "
                          f"({mcfg.max_position_embeddings}); shorten the context")
     x = torch.full((n, cap), mask_id, dtype=torch.long)
-    for i, (r, p) in enumerate(zip(rows, prompts)):
+    for i, (r, p) in enumerate(zip(rows, prompts, strict=True)):
         x[i, : r.prompt_len] = torch.tensor(list(p), dtype=torch.long)
     cache = BlockKVCache(mcfg.num_hidden_layers, n, cap)
     active = list(range(n))
@@ -191,8 +191,8 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
                        cache=cache, kv_len=pre, keep=slice(0, 0))
         nfe += 1
 
-    for r in rows:
-        _new_block(r, x, cfg, B, mask_id, rows.index(r))
+    for i, r in enumerate(rows):
+        _new_block(r, x, cfg, B, mask_id, i)
     step = 0
     while active:
         if cancel is not None and cancel():
@@ -256,8 +256,8 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             # Block finished: EOS (generated part only), stop strings, length, or commit and go on.
             if cfg.stop_at_eos and (x[i, gen_from: r.block_start + B] == eos_id).any():
                 r.done, r.finish = True, "eos"
-            elif cfg.stop_strings and tokenizer is not None and _hit_stop(tokenizer, x[i, r.prompt_len: r.block_start + B],
-                                                                          cfg.stop_strings):
+            elif cfg.stop_strings and tokenizer is not None and _hit_stop(
+                    tokenizer, x[i, r.prompt_len: r.block_start + B], cfg.stop_strings):
                 r.done, r.finish = True, "stop"
             elif r.block_start + B >= r.limit:
                 r.done, r.finish = True, "length"
