@@ -112,7 +112,11 @@ class Settings:
     seed: int | None = 0
     repair_threshold: float = 0.05  # a token below this probability is flagged
     repair_fraction: float | None = None  # or flag this fraction of the span's least likely tokens
+    repair_ratio: float = 1.0  # threshold mode: also require the model's best token this many times likelier (>1:
+    # spares positions where the model is merely unsure, e.g. a fresh identifier; 1 = threshold alone)
     context_tokens: int = 1536  # budget for prefix + suffix around a span
+    candidate_temperature: float = 0.8  # regenerate with n > 1 at temperature 0 samples the candidates at this
+    span_tokens: int = 384  # spans_at offers enclosing spans up to this many tokens
 
 
 StepCallback = Callable[[EngineStep], None]

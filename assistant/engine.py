@@ -1,0 +1,841 @@
+"""The engine: fill, regenerate, repair, score and rewrite spans of code with a block-diffusion model.
+
+Prompts are suffix-first fill-in-the-middle, ``[bos] <fim_suffix> S <fim_prefix> P <fim_middle>``: under the
+block-causal mask a masked token sees only earlier blocks, so the suffix has to come before the middle for
+the middle to see it. The middle is decoded block by block until EOS, so its length is never guessed.
+
+Repair needs what an autoregressive model cannot give cheaply: the probability of every token of a span
+given everything around it. See ``Engine._token_logprobs`` for the one-forward scheme.
+
+Operations never write files; they return ``EditResult`` (edits, new text, unified diff, candidates).
+One model call runs at a time (a lock), so a server may call the engine from several threads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from model.cache import BlockKVCache
+from model.checkpoint import CheckpointError, resolve_model
+from model.decoder import DecodeCancelled, DecodeConfig, StepEvent, generate
+from model.network import forward_logits, remask_config
+
+from .api import (
+    Cancelled,
+    Candidate,
+    EditResult,
+    EngineError,
+    EngineStep,
+    InstructModelRequired,
+    Settings,
+    Span,
+    TextEdit,
+    TokenScore,
+)
+from .spans import Hole, Parsed, find_holes, hole_at, language_for, normalize_language, parse, whole_line_region
+from .spans import spans_at as _spans_at
+
+CancelCheck = Callable[[], bool]
+
+
+class ModelLoadError(EngineError, CheckpointError):
+    """The model could not be loaded; catchable as either an ``EngineError`` or a ``CheckpointError``."""
+
+
+@dataclass
+class _Job:
+    """One region to generate: ``hole`` in the original text, with the context the model sees around it."""
+
+    hole: Hole
+    prefix: str
+    suffix: str
+    original: str
+
+
+@dataclass
+class _Prompt:
+    ids: list[int]
+    trimmed: bool
+
+
+def unified_diff(old: str, new: str, name: str = "text") -> str:
+    """A git-style unified diff (``a/NAME`` -> ``b/NAME``), with the no-newline-at-end marker."""
+    a = old.splitlines(keepends=True)
+    b = new.splitlines(keepends=True)
+    out = []
+    for line in difflib.unified_diff(a, b, fromfile=f"a/{name}", tofile=f"b/{name}"):
+        if line.endswith("\n"):
+            out.append(line)
+        else:
+            out.append(line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def _minimal_edit(start: int, old: str, new: str) -> TextEdit | None:
+    """The smallest replacement turning ``old`` (at ``start``) into ``new``; None when they are equal."""
+    if old == new:
+        return None
+    cp = 0
+    n = min(len(old), len(new))
+    while cp < n and old[cp] == new[cp]:
+        cp += 1
+    cs = 0
+    while cs < n - cp and old[len(old) - 1 - cs] == new[len(new) - 1 - cs]:
+        cs += 1
+    return TextEdit(start + cp, start + len(old) - cs, new[cp: len(new) - cs])
+
+
+def apply_edits(text: str, edits: list[TextEdit]) -> str:
+    """Apply non-overlapping edits (any order) to ``text``."""
+    out = text
+    for e in sorted(edits, key=lambda e: (e.start, e.end), reverse=True):
+        out = out[: e.start] + e.new_text + out[e.end:]
+    return out
+
+
+_INDENT = re.compile(r"[ \t]*")
+
+
+def _indent(line: str) -> str:
+    return _INDENT.match(line).group(0)  # type: ignore[union-attr]
+
+
+def _indent_width(s: str) -> int:
+    return len(s.expandtabs(4))
+
+
+class Engine:
+    """The infilling and edit engine over one loaded model (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, settings: Settings | None = None, description: str = "") -> None:
+        if tokenizer is None:
+            raise EngineError("this model folder has no tokenizer (tokenizer.json); the engine needs one")
+        self.model = model
+        self.tok = tokenizer
+        self.settings = settings or Settings()
+        self.cfg = remask_config(model)
+        self.device = next(model.parameters()).device
+        self._lock = threading.RLock()
+        # None: the model's own decoding (diffusion, or AR for a shifted checkpoint). "ar" forces one token per
+        # forward on the same weights: the speed baseline of benchmarks/bench_engine.py.
+        self.decode_mode: str | None = None
+        fp, fs, fm = tokenizer.fim_ids
+        self.fim_prefix = fp if fp is not None else self.cfg.fim_prefix_id
+        self.fim_suffix = fs if fs is not None else self.cfg.fim_suffix_id
+        self.fim_middle = fm if fm is not None else self.cfg.fim_middle_id
+        self.bos = tokenizer.bos_id if tokenizer.bos_id is not None else None
+        self.eos = self.cfg.eos_token_id
+        self.mask = self.cfg.mask_token_id
+        n_params = sum(p.numel() for p in model.parameters())
+        self.info = {
+            "name": description.split(" (")[0] if description else f"{self.cfg.kind} model",
+            "parameters": n_params,
+            "kind": self.cfg.kind,
+            "block_size": self.cfg.block_size,
+            "instruct": self.cfg.instruct,
+            "context": self.cfg.max_position_embeddings,
+            "description": description or f"{self.cfg.kind} model, {n_params / 1e6:.1f}M parameters",
+        }
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str = "cpu", settings: Settings | None = None,
+             dtype: torch.dtype | None = None) -> Engine:
+        """An engine over a model folder, ``None``/"default" (the shipped model) or ``random:PRESET``."""
+        try:
+            m, tok, desc = resolve_model(model, device=device, dtype=dtype)
+        except (CheckpointError, KeyError) as e:
+            raise ModelLoadError(str(e).strip("'\"")) from e
+        if tok is None and str(model).startswith("random:"):
+            # An untrained model has no tokenizer; train a small BPE on the standard library (seconds, offline)
+            # so the mechanics can be exercised end to end.
+            from model.testing import make_test_tokenizer
+
+            tok = make_test_tokenizer(remask_config(m).vocab_size)
+            desc += " with a BPE tokenizer trained on the standard library"
+        return cls(m, tok, settings, desc)
+
+    # ------------------------------------------------------------------------------------ spans
+
+    def language_for(self, path: str | None) -> str | None:
+        return language_for(path)
+
+    def holes(self, text: str, language: str | None = None) -> list[Span]:
+        self._check_text(text)
+        return [h.span(text) for h in find_holes(text, language)]
+
+    def spans_at(self, text: str, start: int, end: int | None = None, language: str | None = None) -> list[Span]:
+        self._check_text(text)
+        return _spans_at(text, start, end, language, count_tokens=lambda s: len(self.tok.encode(s)),
+                         budget=self.settings.span_tokens)
+
+    # ------------------------------------------------------------------------------------ operations
+
+    def fill(self, text: str, start: int, end: int | None = None, *, language: str | None = None,
+             settings: Settings | None = None, callback=None, cancel=None) -> EditResult:
+        """Fill the hole at/around ``[start, end)``: a marker, a placeholder body, a selection or the cursor."""
+        self._check_text(text)
+        self._check_range(text, start, start if end is None else end)
+        parsed = parse(text, language)
+        hole = hole_at(text, start, end, parsed.language, parsed)
+        return self._fill_holes("fill", text, [hole], parsed, language, settings, callback, cancel)
+
+    def fill_all(self, text: str, *, language: str | None = None, settings: Settings | None = None,
+                 callback=None, cancel=None, within: tuple[int, int] | None = None, rounds: int = 1) -> EditResult:
+        """Fill every hole of the file in one batched decode, each conditioned on the others' current text.
+
+        ``within=(start, end)`` limits it to the holes inside that range. ``rounds=2`` decodes all holes
+        again, each seeing the others' first answers (one more batched call).
+        """
+        self._check_text(text)
+        if not text.strip():
+            raise EngineError("the text is empty: there are no holes to fill")
+        parsed = parse(text, language)
+        holes = find_holes(text, parsed.language, parsed)
+        if within is not None:
+            self._check_range(text, *within)
+            holes = [h for h in holes if within[0] <= h.start and h.end <= within[1]]
+        if not holes:
+            raise EngineError("no holes found: mark one with <FILL>, or leave a pass / ... / TODO body")
+        return self._fill_holes("fill_all", text, holes, parsed, language, settings, callback, cancel, rounds)
+
+    def regenerate(self, text: str, start: int, end: int, *, language: str | None = None, n: int | None = None,
+                   settings: Settings | None = None, callback=None, cancel=None) -> EditResult:
+        """Replace ``[start, end)`` with new versions: ``n`` candidates decoded as one batch, best first."""
+        self._check_text(text)
+        self._check_range(text, start, end)
+        if end <= start:
+            raise EngineError("regenerate needs a non-empty span (use fill for an insertion point)")
+        s = settings or self.settings
+        n = n if n is not None else s.candidates
+        if n < 1:
+            raise EngineError("the number of candidates must be at least 1")
+        parsed = parse(text, language)
+        region = whole_line_region(text, start, end)
+        single = "\n" not in text[start:end].rstrip("\r\n")
+        if region is not None:
+            hole = Hole(region[0], region[1], "selection", whole_lines=True, single_line=single)
+        else:
+            hole = Hole(start, end, "selection", whole_lines=False, single_line=single)
+        job = self._job(text, hole)
+        span_tokens = len(self.tok.encode(job.original))
+        ctx = self.cfg.max_position_embeddings
+        if span_tokens + 64 > ctx:
+            raise EngineError(f"the span is {span_tokens} tokens, too long for the model's context of {ctx} "
+                              f"tokens; select less")
+        max_new = min(max(s.max_new_tokens, math.ceil(span_tokens * 1.5) + 8), ctx - 48)
+        temperature = s.temperature if (n == 1 or s.temperature > 0) else s.candidate_temperature
+        rs = replace(s, max_new_tokens=max_new, temperature=temperature)
+        prompt = self._fim_prompt(job.prefix, job.suffix, rs)
+        res = self._generate([prompt.ids] * n, rs, hole.single_line, [hole.span(text)] * n, callback, cancel)
+        cands: dict[str, Candidate] = {}
+        for i in range(n):
+            out = self._finish(job, self.tok.decode(res.tokens[i]))
+            c = self._candidate(text, [(job, out)], res.score(i), parsed)
+            if out not in cands or cands[out].score < c.score:
+                cands[out] = c
+        ranked = sorted(cands.values(), key=lambda c: (not c.parses, not c.indentation_ok, -c.score))
+        return self._result("regenerate", text, ranked, [hole.span(text)], parsed, language, res, prompt,
+                            candidates_decoded=n, temperature=temperature)
+
+    def score(self, text: str, start: int, end: int, *, language: str | None = None,
+              settings: Settings | None = None) -> list[TokenScore]:
+        """Probability of every token of ``[start, end)`` under the model, each predicted while masked."""
+        self._check_text(text)
+        self._check_range(text, start, end)
+        if end <= start:
+            raise EngineError("score needs a non-empty span")
+        s = settings or self.settings
+        with self._lock:
+            prompt, span_ids, offsets, a, _job = self._span_prompt(text, start, end, s)
+            logp, best = self._token_logprobs(prompt.ids + span_ids + [self.eos], a, a + len(span_ids))
+        return self._token_scores(text, span_ids, offsets, logp, best, start, end)
+
+    def repair(self, text: str, start: int, end: int, *, language: str | None = None,
+               settings: Settings | None = None, callback=None, cancel=None) -> EditResult:
+        """Score the span in one pass, remask its improbable tokens, regenerate only those.
+
+        Flagged: tokens with probability below ``settings.repair_threshold``, or with ``repair_fraction``
+        set, that fraction of the span's least likely tokens. The span keeps its token count: the masked
+        positions are re-decoded in place (block by block, each block seeing the clean text after it
+        through the suffix-first prompt and the unflagged tokens of its own block).
+        """
+        self._check_text(text)
+        self._check_range(text, start, end)
+        if end <= start:
+            raise EngineError("repair needs a non-empty span")
+        if self.cfg.logit_shift:
+            raise EngineError("repair re-decodes tokens in place, which needs a block-diffusion model; "
+                              "this checkpoint is autoregressive")
+        s = settings or self.settings
+        parsed = parse(text, language)
+        t0 = time.perf_counter()
+        with self._lock:
+            prompt, span_ids, offsets, a, job = self._span_prompt(text, start, end, s)
+            full = prompt.ids + span_ids + [self.eos]
+            logp, best = self._token_logprobs(full, a, a + len(span_ids))
+            scores = self._token_scores(text, span_ids, offsets, logp, best, start, end)
+            # Only tokens that overlap the user's span may be flagged (the region may add indentation).
+            cand_idx = [i for i, (o0, o1) in enumerate(offsets)
+                        if job.hole.start + o0 < end and job.hole.start + max(o1, o0 + 1) > start]
+            flagged_idx = self._flag(cand_idx, logp, best, s)
+            if not flagged_idx:
+                c = Candidate([], text, "", sum(logp) / max(len(logp), 1), True, True)
+                r = self._result("repair", text, [c], [Span(start, end, "selection", "the span")], parsed, language,
+                                 None, prompt)
+                r.stats.update(scored=len(span_ids), flagged=0, elapsed_s=round(time.perf_counter() - t0, 4))
+                return r
+            canvas = list(full)
+            for i in flagged_idx:
+                canvas[a + i] = self.mask
+            span = Span(start, end, "selection", "the span")
+            new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel)
+        new_ids = new_full[a: a + len(span_ids)]
+        out = self.tok.decode(new_ids)
+        by_token = {i: new_lp[i] for i in flagged_idx}
+        total = [by_token.get(i, logp[i]) for i in range(len(span_ids))]
+        cand = self._candidate(text, [(job, out)], sum(total) / len(total), parsed, raw=True)
+        flagged = [scores_by_index for scores_by_index in (self._score_at(scores, offsets, job, i, start, end)
+                                                            for i in flagged_idx) if scores_by_index is not None]
+        r = self._result("repair", text, [cand], [span], parsed, language, None, prompt)
+        r.flagged = flagged
+        r.stats.update(stats)
+        r.stats.update(scored=len(span_ids), flagged=len(flagged_idx), elapsed_s=round(time.perf_counter() - t0, 4))
+        return r
+
+    def instruct(self, text: str, start: int, end: int, instruction: str, *, language: str | None = None,
+                 settings: Settings | None = None, callback=None, cancel=None) -> EditResult:
+        """Rewrite ``[start, end)`` following ``instruction`` (instruct checkpoints only)."""
+        if not self.cfg.instruct:
+            raise InstructModelRequired(
+                f"editing with an instruction needs an instruct checkpoint (kind 'bd-instruct'); this model is a "
+                f"base '{self.cfg.kind}' model. Use fill, regenerate or repair, or load an instruct model.")
+        self._check_text(text)
+        self._check_range(text, start, end)
+        if not instruction or not instruction.strip():
+            raise EngineError("the instruction is empty")
+        s = settings or self.settings
+        parsed = parse(text, language)
+        lang = parsed.language or "code"
+        region = whole_line_region(text, start, end) if end > start else None
+        hole = Hole(*(region or (start, end)), "selection", whole_lines=region is not None, single_line=False)
+        job = self._job(text, hole)
+        before = "\n".join(job.prefix.splitlines()[-30:])
+        after = "\n".join(job.suffix.splitlines()[:30])
+        body = (f"{instruction.strip()}\n\nRewrite the span of {lang} below. Reply with the rewritten span only, "
+                f"in one fenced code block.\n\nCode before the span:\n```\n{before}\n```\n\nSpan:\n```\n"
+                f"{job.original.rstrip()}\n```\n\nCode after the span:\n```\n{after}\n```")
+        ids = self.tok.chat_prompt([{"role": "user", "content": body}])
+        span_tokens = len(self.tok.encode(job.original))
+        ctx = self.cfg.max_position_embeddings
+        max_new = min(max(s.max_new_tokens, 2 * span_tokens + 32), ctx - len(ids) - 8)
+        if max_new < 8:
+            raise EngineError(f"the request is {len(ids)} tokens, too long for the model's context of {ctx}")
+        rs = replace(s, max_new_tokens=max_new)
+        res = self._generate([ids], rs, False, [hole.span(text)], callback, cancel)
+        reply = self.tok.decode(res.tokens[0])
+        out = self._reindent(job, self._extract_code(reply))
+        if hole.whole_lines and out and not out.endswith("\n") and job.original.endswith("\n"):
+            out += "\n"
+        cand = self._candidate(text, [(job, out)], res.score(0), parsed, raw=True)
+        return self._result("instruct", text, [cand], [hole.span(text)], parsed, language, res,
+                            _Prompt(ids, False), reply=reply)
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _check_text(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise EngineError("the text must be a str (decode files as UTF-8 first)")
+        if "\x00" in text:
+            raise EngineError("the text contains NUL bytes: it looks like binary content, which is not edited")
+
+    @staticmethod
+    def _check_range(text: str, start: int, end: int) -> None:
+        n = len(text)
+        if not (isinstance(start, int) and isinstance(end, int)):
+            raise EngineError("offsets must be integers")
+        if start < 0 or end > n or start > end:
+            raise EngineError(f"range {start}..{end} is outside the text (0..{n})")
+
+    @staticmethod
+    def _job(text: str, hole: Hole) -> _Job:
+        return _Job(hole, text[: hole.start], text[hole.end:], text[hole.start: hole.end])
+
+    def _cancel(self, cancel) -> CancelCheck | None:
+        if cancel is None:
+            return None
+        if callable(cancel):
+            return cancel
+        raise EngineError("cancel must be a CancelToken or a zero-argument callable")
+
+    def _decode_config(self, s: Settings, stop_newline: bool = False) -> DecodeConfig:
+        return DecodeConfig(max_new_tokens=s.max_new_tokens, block_size=s.block_size,
+                            threshold=None if s.steps else s.threshold, steps_per_block=s.steps,
+                            confidence=s.confidence, temperature=s.temperature, seed=s.seed,
+                            mode=self.decode_mode or ("ar" if self.cfg.logit_shift else "diffusion"),
+                            stop_strings=("\n",) if stop_newline else ())
+
+    def _encode_trim_left(self, text: str, k: int) -> tuple[list[int], bool]:
+        """Ids of the end of ``text`` in at most ``k`` tokens, cut at a line start when one is in reach."""
+        if k <= 0:
+            return [], bool(text)
+        enc = self.tok.tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= k:
+            return list(enc.ids), False
+        cut = enc.offsets[len(enc.ids) - k][0]
+        nl = text.find("\n", cut)
+        if 0 <= nl < len(text) - 1:
+            cut = nl + 1
+        ids = self.tok.encode(text[cut:])
+        return ids[-k:], True
+
+    def _encode_trim_right(self, text: str, k: int) -> tuple[list[int], bool]:
+        """Ids of the start of ``text`` in at most ``k`` tokens, cut at a line end when one is in reach."""
+        if k <= 0:
+            return [], bool(text)
+        enc = self.tok.tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= k:
+            return list(enc.ids), False
+        cut = enc.offsets[k - 1][1]
+        nl = text.rfind("\n", 0, cut)
+        if nl > 0:
+            cut = nl + 1
+        return self.tok.encode(text[:cut])[:k], True
+
+    def _context(self, prefix: str, suffix: str, budget: int) -> tuple[list[int], list[int], bool]:
+        """Prefix and suffix ids within ``budget`` tokens: 60% for the prefix unless one side is short."""
+        budget = max(budget, 0)
+        p_len = len(self.tok.encode(prefix))
+        s_len = len(self.tok.encode(suffix))
+        if p_len + s_len <= budget:
+            kp, ks = p_len, s_len
+        else:
+            half = int(budget * 0.6)
+            if s_len <= budget - half:
+                kp, ks = budget - s_len, s_len
+            elif p_len <= half:
+                kp, ks = p_len, budget - p_len
+            else:
+                kp, ks = half, budget - half
+        p_ids, t1 = self._encode_trim_left(prefix, kp)
+        s_ids, t2 = self._encode_trim_right(suffix, ks)
+        return p_ids, s_ids, t1 or t2
+
+    def _fim_ids(self) -> tuple[int, int, int]:
+        if None in (self.fim_prefix, self.fim_suffix, self.fim_middle):
+            raise EngineError("this model's tokenizer has no fill-in-the-middle tokens; it cannot infill")
+        return self.fim_prefix, self.fim_suffix, self.fim_middle  # type: ignore[return-value]
+
+    def _fim_prompt(self, prefix: str, suffix: str, s: Settings, reserve: int = 0) -> _Prompt:
+        """``[bos] <fim_suffix> S <fim_prefix> P <fim_middle>`` with S and P trimmed to the budget."""
+        fp, fs, fm = self._fim_ids()
+        B = s.block_size or self.cfg.block_size
+        room = self.cfg.max_position_embeddings - s.max_new_tokens - reserve - 2 * B - 4
+        budget = min(s.context_tokens, room)
+        if budget < 0:
+            raise EngineError("max_new_tokens leaves no room for context in the model's "
+                              f"{self.cfg.max_position_embeddings}-token window")
+        p_ids, s_ids, trimmed = self._context(prefix, suffix, budget)
+        head = [self.bos] if self.bos is not None else []
+        return _Prompt(head + [fs] + s_ids + [fp] + p_ids + [fm], trimmed)
+
+    def _span_prompt(self, text: str, start: int, end: int, s: Settings):
+        """FIM prompt whose middle is the span's own tokens: (prompt, span ids, span offsets, index, job).
+
+        The span is extended to whole lines when only blanks surround it, the layout the model trained on.
+        Its tokens come from encoding the span text alone, so each one maps to exact offsets.
+        """
+        region = whole_line_region(text, start, end)
+        hole = Hole(*(region or (start, end)), "selection", whole_lines=region is not None,
+                    single_line="\n" not in text[start:end])
+        job = self._job(text, hole)
+        enc = self.tok.tok.encode(job.original, add_special_tokens=False)
+        span_ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
+        if not span_ids:
+            raise EngineError("the span has no tokens")
+        B = s.block_size or self.cfg.block_size
+        ctx = self.cfg.max_position_embeddings
+        if len(span_ids) + 2 * B + 8 > ctx:
+            raise EngineError(f"the span is {len(span_ids)} tokens, too long for the model's context of {ctx} "
+                              f"tokens; select less")
+        rs = replace(s, max_new_tokens=0)
+        prompt = self._fim_prompt(job.prefix, job.suffix, rs, reserve=len(span_ids) + 1)
+        return prompt, span_ids, offsets, len(prompt.ids), job
+
+    @torch.no_grad()
+    def _token_logprobs(self, ids: list[int], a: int, b: int) -> tuple[list[float], list[tuple[int, float]]]:
+        """log p(token) and (best token, its log p) for positions ``[a, b)`` of ``ids``, each predicted masked.
+
+        Block diffusion: a token is scored by masking it and predicting it, conditioned on every earlier
+        block and the other tokens of its own block (the conditional a block's last denoising step uses;
+        the span's right context reaches it through the suffix-first prompt). Masking one position per
+        block at a time needs B passes; they run as B noisy copies of the span region laid out after
+        the clean sequence, ``[x_0 ; copy_0 ; ... ; copy_{B-1}]``, in a single forward with the BD3
+        training mask (noisy queries see their own block of their own copy and the clean earlier blocks).
+        So every token is scored exactly, in one forward of length L + B * (span region).
+
+        Autoregressive checkpoints: one causal forward, log p(token | everything before it).
+        """
+        L = len(ids)
+        x0 = torch.tensor(ids, dtype=torch.long)
+        if self.cfg.logit_shift:
+            pos = torch.arange(L)
+            allowed = pos[None, :] <= pos[:, None]
+            logits = forward_logits(self.model, x0[None].to(self.device), pos[None].to(self.device),
+                                    allowed[None].to(self.device), keep=slice(a - 1, b - 1)).float()[0]
+            targets = x0[a:b]
+        else:
+            B = self.cfg.block_size
+            s0 = (a // B) * B
+            region = torch.arange(s0, L)
+            copies = sorted({p % B for p in range(a, b)})
+            parts_ids, parts_pos, parts_blk, parts_copy = [x0], [torch.arange(L)], [torch.arange(L) // B], \
+                [torch.full((L,), -1)]
+            keep = []
+            offset = L
+            for c in copies:
+                noisy = x0[s0:L].clone()
+                sel = (region >= a) & (region < b) & (region % B == c)
+                noisy[sel] = self.mask
+                parts_ids.append(noisy)
+                parts_pos.append(region)
+                parts_blk.append(region // B)
+                parts_copy.append(torch.full((L - s0,), c))
+                keep += [(offset + int(i), int(region[i])) for i in sel.nonzero().flatten()]
+                offset += L - s0
+            inp = torch.cat(parts_ids)
+            pos = torch.cat(parts_pos)
+            blk = torch.cat(parts_blk)
+            cp = torch.cat(parts_copy)
+            clean = cp < 0
+            # clean query -> clean key of a block <= its own; noisy query -> clean key of an earlier block,
+            # or a noisy key of its own copy and block.
+            allowed = (clean[None, :] & clean[:, None] & (blk[None, :] <= blk[:, None])) | \
+                      (~clean[:, None] & clean[None, :] & (blk[None, :] < blk[:, None])) | \
+                      (~clean[:, None] & (cp[None, :] == cp[:, None]) & (blk[None, :] == blk[:, None]))
+            keep.sort(key=lambda t: t[1])
+            idx = torch.tensor([k for k, _ in keep], dtype=torch.long)
+            logits = forward_logits(self.model, inp[None].to(self.device), pos[None].to(self.device),
+                                    allowed[None].to(self.device), keep=idx.to(self.device)).float()[0]
+            targets = x0[a:b]
+        logits[:, self.mask] = float("-inf")
+        lp = torch.log_softmax(logits.double(), -1)
+        got = lp.gather(-1, targets[:, None].to(lp.device))[:, 0]
+        best = lp.max(-1)
+        return got.tolist(), list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+
+    def _token_scores(self, text, span_ids, offsets, logp, best, start, end) -> list[TokenScore]:
+        """TokenScores (absolute offsets) for the span tokens that overlap ``[start, end)``."""
+        region = whole_line_region(text, start, end)
+        base = region[0] if region else start
+        out = []
+        for i, t in enumerate(span_ids):
+            o0, o1 = offsets[i]
+            s, e = base + o0, base + o1
+            if s < end and max(e, s + 1) > start:
+                out.append(TokenScore(s, e, self.tok.token_str(t), math.exp(logp[i]),
+                                      self.tok.token_str(best[i][0])))
+        return out
+
+    def _score_at(self, scores, offsets, job, i, start, end) -> TokenScore | None:
+        o0, o1 = offsets[i]
+        s, e = job.hole.start + o0, job.hole.start + o1
+        for sc in scores:
+            if sc.start == s and sc.end == e:
+                return sc
+        return None
+
+    @staticmethod
+    def _flag(candidates: list[int], logp: list[float], best: list[tuple[int, float]], s: Settings) -> list[int]:
+        """Indices to remask: the least likely fraction, or tokens below the threshold that the model would
+        confidently replace (its best token ``repair_ratio`` times likelier), so that positions where the
+        model is merely unsure (a fresh identifier, a literal) are left alone."""
+        if not candidates:
+            return []
+        if s.repair_fraction is not None:
+            if not 0 < s.repair_fraction <= 1:
+                raise EngineError("repair_fraction must be in (0, 1]")
+            k = max(1, math.ceil(s.repair_fraction * len(candidates)))
+            return sorted(sorted(candidates, key=lambda i: logp[i])[:k])
+        thr = math.log(max(s.repair_threshold, 1e-300))
+        margin = math.log(max(s.repair_ratio, 1.0))
+        return [i for i in candidates if logp[i] < thr and best[i][1] - logp[i] >= margin]
+
+    @torch.no_grad()
+    def _inpaint(self, canvas: list[int], a: int, b: int, s: Settings, spans: list[Span],
+                 callback, cancel) -> tuple[list[int], dict[int, float], dict]:
+        """Decode the masked positions of ``canvas`` in place, block by block, with a KV cache.
+
+        Clean blocks before the next masked block are prefilled in one forward; each masked block takes
+        denoising steps over the cache (same commit rule as the decoder: a confidence threshold, always the
+        top-1, or a fixed number of steps), then is re-forwarded clean with the next prefill.
+        """
+        from model.decoder import _confidence, _fixed_schedule, _pick
+
+        check = self._cancel(cancel)
+        B = s.block_size or self.cfg.block_size
+        L = len(canvas)
+        x = torch.tensor(canvas, dtype=torch.long)
+        masked_pos = [p for p in range(L) if canvas[p] == self.mask]
+        blocks = sorted({p // B for p in masked_pos})
+        cap = math.ceil(L / B) * B
+        cache = BlockKVCache(self.cfg.num_hidden_layers, 1, cap)
+        gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
+        done = 0  # positions [0, done) hold final keys in the cache
+        nfe = steps = 0
+        new_lp: dict[int, float] = {}
+        t0 = time.perf_counter()
+        dev = self.device
+        for blk in blocks:
+            bs, be = blk * B, min(blk * B + B, L)
+            if bs > done:
+                q = torch.arange(done, bs)
+                k = torch.arange(bs)
+                allowed = (k[None, :] // B <= q[:, None] // B)
+                forward_logits(self.model, x[None, done:bs].to(dev), q[None].to(dev), allowed[None].to(dev),
+                               cache=cache, kv_len=bs, keep=slice(0, 0))
+                nfe += 1
+            n_masked = int((x[bs:be] == self.mask).sum())
+            schedule = [k for k in _fixed_schedule(n_masked, s.steps or B) if k > 0] if s.steps else []
+            while (x[bs:be] == self.mask).any():
+                if check is not None and check():
+                    raise Cancelled()
+                win = x[bs:be]
+                pos = torch.arange(bs, be)
+                allowed = torch.ones(1, be - bs, be, dtype=torch.bool)
+                logits = forward_logits(self.model, win[None].to(dev), pos[None].to(dev), allowed.to(dev),
+                                        cache=cache, kv_len=be).float()[0]
+                nfe += 1
+                steps += 1
+                logits[:, self.mask] = float("-inf")
+                m = (win == self.mask).nonzero().flatten()
+                lg = logits[m]
+                x0 = _pick(lg, s.temperature, gen).cpu()
+                conf = _confidence(lg, x0.to(lg.device), s.confidence, gen).cpu()
+                logp = torch.log_softmax(lg.double(), -1).gather(-1, x0[:, None].to(lg.device))[:, 0].cpu()
+                order = torch.argsort(conf, descending=True)
+                if s.steps:
+                    kk = schedule.pop(0) if schedule else m.numel()
+                    chosen = order[: max(1, min(kk, m.numel()))]
+                else:
+                    keepm = conf[order] >= (s.threshold if s.threshold is not None else 1.0)
+                    keepm[0] = True
+                    chosen = order[keepm]
+                for c in chosen.tolist():
+                    p = bs + int(m[c])
+                    x[p] = int(x0[c])
+                    new_lp[p - a] = float(logp[c])
+                if callback is not None:
+                    pieces = [(("", True) if t == self.mask else (self.tok.token_str(t), False))
+                              for t in x[a:b].tolist()]
+                    callback(EngineStep(step=steps, nfe=nfe, elapsed_s=time.perf_counter() - t0, pieces=[pieces],
+                                        committed=len(chosen), spans=list(spans)))
+            done = bs
+        stats = {"nfe": nfe, "steps": steps, "tokens": len(masked_pos),
+                 "tokens_per_forward": round(len(masked_pos) / max(nfe, 1), 3)}
+        return x.tolist(), new_lp, stats
+
+    def _generate(self, prompts: list[list[int]], s: Settings, stop_newline: bool, spans: list[Span],
+                  callback, cancel):
+        """Run the decoder over a batch, translating steps to EngineSteps and cancellation to Cancelled."""
+        dc = self._decode_config(s, stop_newline)
+        check = self._cancel(cancel)
+
+        def on_step(ev: StepEvent) -> None:
+            pieces = []
+            for row in ev.rows:
+                toks: list[tuple[str, bool]] = []
+                for t in row:
+                    if t == self.eos:
+                        break
+                    toks.append(("", True) if t == ev.mask_id else (self.tok.token_str(t), False))
+                pieces.append(toks)
+            callback(EngineStep(step=ev.step, nfe=ev.nfe, elapsed_s=ev.elapsed_s, pieces=pieces,
+                                committed=sum(ev.committed), spans=list(spans)))
+
+        try:
+            with self._lock:
+                return generate(self.model, prompts, dc, tokenizer=self.tok,
+                                callback=on_step if callback is not None else None, cancel=check)
+        except DecodeCancelled as e:
+            raise Cancelled() from e
+        except ValueError as e:
+            raise EngineError(str(e)) from e
+
+    def _fill_holes(self, op: str, text: str, holes: list[Hole], parsed: Parsed, language, settings,
+                    callback, cancel, rounds: int = 1) -> EditResult:
+        """Fill ``holes`` in one batched decode per round.
+
+        Round 1 conditions each hole on the others' current text (a marker, a ``pass``); each later round
+        decodes every hole again with the others' answers from the round before in its context (a Jacobi
+        sweep: still one batched call per round).
+        """
+        if rounds < 1:
+            raise EngineError("rounds must be at least 1")
+        s = settings or self.settings
+        spans = [h.span(text) for h in holes]
+        jobs = [self._job(text, h) for h in holes]
+        nfe = steps = 0
+        trimmed = False
+        outs: list[tuple[_Job, str]] = []
+        for rnd in range(rounds):
+            if rnd:
+                segs = [text[: holes[0].start]] + [text[holes[i].end: holes[i + 1].start]
+                                                   for i in range(len(holes) - 1)] + [text[holes[-1].end:]]
+                answers = [out for _, out in outs]
+                jobs = [_Job(h, "".join(segs[k] + answers[k] for k in range(i)) + segs[i],
+                             "".join(segs[k] + answers[k] for k in range(i + 1, len(holes))) + segs[-1]
+                             if i + 1 < len(holes) else segs[-1], text[h.start: h.end])
+                        for i, h in enumerate(holes)]
+            prompts = [self._fim_prompt(j.prefix, j.suffix, s) for j in jobs]
+            trimmed = trimmed or any(p.trimmed for p in prompts)
+            res = self._generate([p.ids for p in prompts], s, all(h.single_line for h in holes), spans,
+                                 callback, cancel)
+            nfe += res.nfe
+            steps += res.steps
+            outs = [(j, self._finish(j, self.tok.decode(res.tokens[i]))) for i, j in enumerate(jobs)]
+        score = sum(res.score(i) for i in range(len(jobs))) / len(jobs)
+        cand = self._candidate(text, outs, score, parsed)
+        r = self._result(op, text, [cand], spans, parsed, language, res, _Prompt(prompts[0].ids, trimmed))
+        r.stats.update(holes=len(holes), rounds=rounds, nfe=nfe, steps=steps)
+        return r
+
+    def _finish(self, job: _Job, raw: str) -> str:
+        """Cut and tidy a generated middle the way the task is defined.
+
+        One-line holes end at the first newline; whole-line regions end with exactly one line break and
+        no trailing blanks on their lines; nothing that already follows the region is repeated.
+        """
+        h = job.hole
+        out = raw.replace("\r\n", "\n")
+        crlf = "\r\n" in job.prefix[-2000:] + job.suffix[:2000]
+        if h.single_line:
+            nl = out.find("\n")
+            if nl >= 0:
+                out = out[: nl + 1] if h.whole_lines else out[:nl]
+        if h.whole_lines:
+            lines = [ln.rstrip() for ln in out.split("\n")]
+            while lines and not lines[-1]:
+                lines.pop()
+            suffix_lines = [ln.rstrip() for ln in job.suffix.replace("\r\n", "\n").split("\n")]
+            for k in range(min(len(lines), len(suffix_lines)), 0, -1):
+                if lines[-k:] == suffix_lines[:k] and any(x.strip() for x in lines[-k:]):
+                    lines = lines[:-k]
+                    break
+            out = "".join(ln + "\n" for ln in lines)
+            if not job.original.endswith("\n") and not job.suffix:
+                out = out.rstrip("\n")
+        else:
+            rest = job.suffix.split("\n", 1)[0].rstrip("\r")
+            if h.single_line:
+                if not rest.strip():
+                    out = out.rstrip()
+                else:
+                    r = rest.strip()
+                    o = out.rstrip()
+                    if o.endswith(r) and len(o) > len(r):
+                        out = o[: len(o) - len(r)].rstrip() if rest.startswith(" ") else o[: len(o) - len(r)]
+            else:  # several lines written from inside a line (after "def f():" or a "{")
+                lines = [ln.rstrip() for ln in out.split("\n")]
+                suffix_lines = [ln.rstrip() for ln in job.suffix.replace("\r\n", "\n").split("\n")][1:]
+                for k in range(min(len(lines) - 1, len(suffix_lines)), 0, -1):
+                    if lines[-k:] == suffix_lines[:k] and any(x.strip() for x in lines[-k:]):
+                        lines = lines[:-k]
+                        break
+                out = "\n".join(lines).rstrip()
+        if crlf:
+            out = out.replace("\n", "\r\n")
+        return out
+
+    def _indentation_ok(self, text: str, job: _Job, out: str) -> bool:
+        """False when the new text would move the code around it into another block, or mixes tabs/spaces.
+
+        The first line must keep the region's indentation and no later line may dedent below it; for an
+        insertion on a blank line, the indentation of the line after the region is the reference.
+        """
+        file_indents = [_indent(ln) for ln in text.splitlines() if ln.strip() and _indent(ln)]
+        uses_tabs = sum(1 for i in file_indents if i.startswith("\t")) > len(file_indents) / 2
+        lines = [ln for ln in out.replace("\r\n", "\n").split("\n") if ln.strip()]
+        if not lines:
+            return True
+        for ln in lines:
+            ind = _indent(ln)
+            if ind and (("\t" in ind) != uses_tabs) and file_indents:
+                return False
+        if job.hole.whole_lines:
+            if job.hole.indent is not None:
+                ref = _indent_width(job.hole.indent)
+            else:  # a bare blank line: after an opener the block goes one level in, else the next line's level
+                nxt = [ln for ln in job.suffix.split("\n") if ln.strip()]
+                prv = [ln for ln in job.prefix.split("\n") if ln.strip()]
+                if prv and prv[-1].rstrip().endswith((":", "{")):
+                    ref = _indent_width(_indent(prv[-1])) + 1
+                    return all(_indent_width(_indent(ln)) >= ref for ln in lines)
+                if not nxt and not prv:
+                    return True
+                ref = _indent_width(_indent(nxt[0] if nxt else prv[-1]))
+            if _indent_width(_indent(lines[0])) != ref:
+                return False
+            return all(_indent_width(_indent(ln)) >= ref for ln in lines)
+        line_start = job.prefix.rfind("\n") + 1
+        ref = _indent_width(_indent(job.prefix[line_start:]))
+        return all(_indent_width(_indent(ln)) >= ref for ln in lines[1:])
+
+    def _candidate(self, text: str, outs: list[tuple[_Job, str]], score: float, parsed: Parsed,
+                   raw: bool = False) -> Candidate:
+        edits = []
+        for job, out in outs:
+            e = _minimal_edit(job.hole.start, job.original, out)
+            if e is not None:
+                edits.append(e)
+        new_text = apply_edits(text, edits)
+        parses = True
+        if parsed.tree is not None and edits:
+            after = parse(new_text, parsed.language).errors
+            parses = after == 0 or (parsed.errors > 0 and after <= parsed.errors)
+        indent_ok = all(self._indentation_ok(text, job, out) for job, out in outs)
+        return Candidate(edits, new_text, unified_diff(text, new_text), float(score), parses, indent_ok)
+
+    def _result(self, op: str, text: str, cands: list[Candidate], spans: list[Span], parsed: Parsed,
+                language, res, prompt: _Prompt | None, **extra) -> EditResult:
+        best = cands[0]
+        stats: dict = {"language": parsed.language or "plain text", "syntax": parsed.syntax}
+        if language and normalize_language(language) is None:
+            stats["notice"] = f"no grammar for {language!r}: plain-text fallback"
+        elif parsed.syntax == "errors":
+            stats["notice"] = "the file does not parse; spans and checks fall back to what tree-sitter recovered"
+        if res is not None:
+            stats.update(nfe=res.nfe, steps=res.steps, tokens=res.generated,
+                         tokens_per_forward=round(res.tokens_per_forward, 3), elapsed_s=round(res.elapsed_s, 4),
+                         finish=list(res.finish))
+        if prompt is not None:
+            stats.update(prompt_tokens=len(prompt.ids), context_trimmed=prompt.trimmed)
+        stats.update(extra)
+        return EditResult(op=op, edits=best.edits, new_text=best.new_text, diff=best.diff, candidates=cands,
+                          spans=spans, stats=stats)
+
+    @staticmethod
+    def _extract_code(reply: str) -> str:
+        m = re.search(r"```[^\n`]*\n(.*?)(?:```|$)", reply, re.DOTALL)
+        return m.group(1) if m else reply.strip("\n")
+
+    @staticmethod
+    def _reindent(job: _Job, code: str) -> str:
+        """Give a reply written at column 0 the indentation of the span it replaces."""
+        orig = [ln for ln in job.original.split("\n") if ln.strip()]
+        new = [ln for ln in code.split("\n") if ln.strip()]
+        if not orig or not new or not job.hole.whole_lines:
+            return code
+        want = _indent(orig[0])
+        have = min((_indent(ln) for ln in new), key=len)
+        if want and not have:
+            return "\n".join((want + ln) if ln.strip() else ln for ln in code.split("\n"))
+        return code
+

@@ -1,0 +1,393 @@
+"""The engine end to end on a random ``test`` checkpoint: mechanics, not quality.
+
+Random weights write noise, so these tests check what must hold whatever the model says: where edits land,
+batching equals one-by-one decoding, scores are exact, streaming shows masks, cancellation stops, bad input
+gets a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from assistant.api import Cancelled, CancelToken, EngineError, InstructModelRequired, Settings
+from assistant.engine import Engine, _Job, apply_edits
+from assistant.spans import Hole
+from model.checkpoint import load_checkpoint
+from model.network import forward_logits, remask_config
+
+# One denoising step per block: a random model never reaches the confidence threshold, so threshold decoding
+# takes one step per token; the mechanics under test are the same.
+FAST = Settings(max_new_tokens=8, candidates=3, seed=0, steps=1)
+
+PY = '''import os
+
+
+def add(a, b):
+    """Add two numbers."""
+    pass
+
+
+def mul(a, b):
+    return <FILL>
+
+
+def sub(a, b):
+    # TODO: subtract
+    ...
+'''
+
+
+@pytest.fixture(scope="module")
+def engine(test_model_dir) -> Engine:
+    return Engine.load(str(test_model_dir), settings=Settings(max_new_tokens=8, seed=0, steps=1))
+
+
+def test_info_and_load(engine):
+    assert engine.info["kind"] == "bd" and engine.info["instruct"] is False
+    assert engine.info["block_size"] == 4 and engine.info["parameters"] > 0
+    assert engine.language_for("x.rs") == "rust"
+
+
+def test_fill_marker_replaces_only_the_marker(engine):
+    off = PY.index("<FILL>")
+    res = engine.fill(PY, off + 2, language="python")
+    assert res.op == "fill" and res.spans[0].kind == "hole"
+    assert (res.spans[0].start, res.spans[0].end) == (off, off + len("<FILL>"))
+    assert res.new_text == apply_edits(PY, res.edits)
+    assert res.new_text.startswith(PY[:off]) and res.new_text.endswith(PY[off + len("<FILL>"):])
+    filled = res.new_text[off: len(res.new_text) - len(PY) + off + len("<FILL>")]
+    assert "\n" not in filled  # a hole inside a line is a one-line answer
+    assert res.stats["language"] == "python" and res.stats["nfe"] > 0 and res.stats["prompt_tokens"] > 3
+    if res.edits:
+        assert res.diff.startswith("--- a/") and "-    return <FILL>" in res.diff
+
+
+def test_fill_placeholder_body_writes_whole_lines(engine):
+    res = engine.fill(PY, PY.index("pass"), language="python")
+    region = res.spans[0]
+    assert PY[region.start:region.end] == "    pass\n"
+    new_region = res.new_text[region.start: len(res.new_text) - (len(PY) - region.end)]
+    assert new_region == "" or new_region.endswith("\n")
+    assert res.new_text.endswith(PY[region.end:])
+
+
+def test_fill_all_equals_hole_by_hole(engine):
+    """Every hole in one batched decode gives what filling each hole alone gives (greedy, fixed seed)."""
+    holes = engine.holes(PY, "python")
+    assert len(holes) == 3
+    together = engine.fill_all(PY, language="python", settings=FAST)
+    one_by_one = []
+    for h in holes:
+        r = engine.fill(PY, h.start, language="python", settings=FAST)
+        one_by_one += r.edits
+    assert sorted((e.start, e.end, e.new_text) for e in together.edits) == \
+        sorted((e.start, e.end, e.new_text) for e in one_by_one)
+    assert together.stats["holes"] == 3 and len(together.spans) == 3
+    assert together.new_text == apply_edits(PY, one_by_one)
+
+
+def test_fill_all_within_a_range_and_no_holes(engine):
+    start = PY.index("def mul")
+    r = engine.fill_all(PY, language="python", settings=FAST, within=(start, len(PY)))
+    assert len(r.spans) == 2 and all(s.start >= start for s in r.spans)
+    with pytest.raises(EngineError, match="no holes"):
+        engine.fill_all("x = 1\n", language="python")
+    with pytest.raises(EngineError, match="empty"):
+        engine.fill_all("  \n", language="python")
+
+
+def test_fill_is_deterministic_with_a_seed(engine):
+    s = Settings(max_new_tokens=8, temperature=1.0, seed=7, steps=1)
+    a = engine.fill(PY, PY.index("<FILL>"), language="python", settings=s)
+    b = engine.fill(PY, PY.index("<FILL>"), language="python", settings=s)
+    assert a.new_text == b.new_text
+
+
+def test_regenerate_candidates_ranked(engine):
+    start = PY.index("return <FILL>")
+    end = start + len("return <FILL>")
+    res = engine.regenerate(PY, start, end, language="python", n=3, settings=FAST)
+    assert 1 <= len(res.candidates) <= 3
+    keys = [(not c.parses, not c.indentation_ok, -c.score) for c in res.candidates]
+    assert keys == sorted(keys)
+    assert res.new_text == res.candidates[0].new_text and res.edits == res.candidates[0].edits
+    assert len({c.new_text for c in res.candidates}) == len(res.candidates)  # duplicates merged
+    # The whole line is the region (the model writes the indentation); the rest of the file is untouched.
+    assert res.spans[0].start == PY.rindex("\n", 0, start) + 1
+    tail = PY[PY.index("\n", end):]
+    assert all(c.new_text.endswith(tail[1:]) for c in res.candidates)
+    assert res.stats["candidates_decoded"] == 3
+
+
+def test_score_is_exact_per_token_masked_likelihood(engine):
+    """The one-forward scheme equals masking each token alone and running the plain block-causal forward."""
+    text = PY
+    start, end = text.index("def add"), text.index('"""Add')  # two lines: tokens in several blocks
+    prompt, span_ids, _offsets, a, _job = engine._span_prompt(text, start, end, engine.settings)
+    ids = prompt.ids + span_ids + [engine.eos]
+    fast, _ = engine._token_logprobs(ids, a, a + len(span_ids))
+    B = engine.cfg.block_size
+    ref = []
+    with torch.no_grad():
+        for p in range(a, a + len(span_ids)):
+            x = torch.tensor(ids)
+            x[p] = engine.mask
+            end_b = (p // B + 1) * B
+            x = x[:end_b]
+            pos = torch.arange(len(x))
+            allowed = pos[None, :] // B <= pos[:, None] // B
+            lg = forward_logits(engine.model, x[None], pos[None], allowed[None]).float()[0, p]
+            lg[engine.mask] = float("-inf")
+            ref.append(float(torch.log_softmax(lg.double(), -1)[ids[p]]))
+    assert fast == pytest.approx(ref, abs=1e-4)
+    scores = engine.score(text, start, end, language="python")
+    assert "".join(s.text for s in scores) == text[start:end]
+    assert all(0 < s.prob <= 1 for s in scores)
+
+
+def test_repair_remasks_only_flagged_tokens(engine):
+    start, end = PY.index("def add"), PY.index("pass") + 4
+    s = Settings(max_new_tokens=8, seed=0, repair_fraction=0.1)
+    res = engine.repair(PY, start, end, language="python", settings=s)
+    n_tokens = res.stats["scored"]
+    assert res.stats["flagged"] == math.ceil(0.1 * n_tokens) == len(res.flagged)
+    probs = [t.prob for t in engine.score(PY, start, end)]
+    assert sorted(f.prob for f in res.flagged) == pytest.approx(sorted(probs)[: len(res.flagged)])
+    # Text between flagged tokens is kept: the first flagged token's left and the last one's right survive.
+    first, last = min(res.flagged, key=lambda f: f.start), max(res.flagged, key=lambda f: f.end)
+    assert res.new_text.startswith(PY[: first.start])
+    assert res.new_text.endswith(PY[last.end:])
+    # Threshold mode: nothing is below probability 0, so nothing changes.
+    none = engine.repair(PY, start, end, settings=Settings(repair_threshold=0.0))
+    assert none.edits == [] and none.flagged == [] and none.new_text == PY
+
+
+def test_streaming_callback_shows_masked_pieces(engine):
+    steps = []
+    res = engine.fill(PY, PY.index("<FILL>"), language="python", settings=Settings(max_new_tokens=8),
+                      callback=steps.append)
+    assert steps and steps[-1].nfe <= res.stats["nfe"]
+    assert any(m for st in steps for _, m in st.pieces[0])  # masks were visible at some step
+    assert all(len(st.pieces) == 1 and st.spans for st in steps)
+    assert "░" in steps[0].preview(0) or not steps[0].pieces[0]
+    rsteps = []
+    engine.repair(PY, PY.index("def add"), PY.index("pass") + 4, settings=Settings(repair_fraction=0.2),
+                  callback=rsteps.append)
+    assert rsteps and any(m for _, m in rsteps[0].pieces[0]) and not any(m for _, m in rsteps[-1].pieces[0])
+
+
+def test_cancellation_between_steps(engine):
+    tok = CancelToken()
+    seen = []
+
+    def cb(step):
+        seen.append(step)
+        tok.cancel()
+
+    with pytest.raises(Cancelled):
+        engine.fill(PY, PY.index("<FILL>"), settings=Settings(max_new_tokens=8), callback=cb, cancel=tok)
+    assert len(seen) == 1
+    with pytest.raises(Cancelled):
+        engine.repair(PY, 0, 40, settings=Settings(repair_fraction=0.5), cancel=lambda: True)
+    # The engine still works after a cancelled call.
+    assert engine.fill(PY, PY.index("<FILL>"), settings=FAST).op == "fill"
+
+
+def test_instruct_needs_an_instruct_checkpoint(engine):
+    with pytest.raises(InstructModelRequired, match="instruct checkpoint"):
+        engine.instruct(PY, 0, 10, "make it faster")
+
+
+def _variant(model_dir, **changes) -> Engine:
+    """The test weights relabelled (instruct, or autoregressive): the mechanics differ, the weights need not."""
+    model, tok = load_checkpoint(model_dir)
+    model.remask_config = remask_config(model).replace(**changes)
+    return Engine(model, tok, Settings(max_new_tokens=8, steps=1), "variant")
+
+
+def test_instruct_with_an_instruct_checkpoint(test_model_dir):
+    e = _variant(test_model_dir, kind="bd-instruct")
+    assert e.info["instruct"] is True
+    start, end = PY.index("    return <FILL>"), PY.index("<FILL>") + 7
+    res = e.instruct(PY, start, end, "return the product")
+    assert res.op == "instruct" and "reply" in res.stats
+    assert res.new_text.startswith(PY[:start]) and res.new_text.endswith(PY[end:])
+    with pytest.raises(EngineError, match="empty"):
+        e.instruct(PY, start, end, "  ")
+
+
+def test_autoregressive_checkpoint_fills_with_ar_decoding(test_model_dir):
+    e = _variant(test_model_dir, kind="ar", logit_shift=True)
+    res = e.fill(PY, PY.index("<FILL>"), language="python")
+    assert res.stats["nfe"] >= 1
+    assert len(e.score(PY, 0, 10)) > 0
+    with pytest.raises(EngineError, match="block-diffusion"):
+        e.repair(PY, 0, 10)
+
+
+def test_bad_input_messages(engine):
+    with pytest.raises(EngineError, match="NUL"):
+        engine.fill("a\x00b", 0)
+    with pytest.raises(EngineError, match="outside the text"):
+        engine.regenerate(PY, 5, len(PY) + 3)
+    with pytest.raises(EngineError, match="outside the text"):
+        engine.fill(PY, -1)
+    with pytest.raises(EngineError, match="non-empty"):
+        engine.regenerate(PY, 5, 5)
+    with pytest.raises(EngineError, match="too long for the model's context"):
+        engine.regenerate("x = 1\n" * 2000, 0, 12000)
+    with pytest.raises(EngineError, match="too long for the model's context"):
+        engine.repair("x = 1\n" * 2000, 0, 12000)
+    # Unknown language: plain text, said so; an unparseable file still works, said so.
+    r = engine.fill("some words <FILL> here\n", 12, language="cobol", settings=FAST)
+    assert r.stats["language"] == "plain text" and "plain-text fallback" in r.stats["notice"]
+    broken = "def f(x:\n    return <FILL>\n"
+    r = engine.fill(broken, broken.index("<FILL>"), language="python", settings=FAST)
+    assert r.stats["syntax"] == "errors" and "does not parse" in r.stats["notice"]
+    # An empty file: a cursor fill works (there is nothing to lose); fill_all says there is nothing to fill.
+    assert engine.fill("", 0, settings=FAST).op == "fill"
+
+
+def test_long_context_is_trimmed_never_the_span(engine):
+    before = "".join(f"v{i} = {i}\n" for i in range(3000))
+    text = before + "x = <FILL>\n" + "".join(f"w{i} = {i}\n" for i in range(3000))
+    s = Settings(max_new_tokens=8, context_tokens=200, steps=1)
+    res = engine.fill(text, text.index("<FILL>"), settings=s)
+    assert res.stats["context_trimmed"] is True
+    assert res.stats["prompt_tokens"] <= 200 + 4
+    start = text.index("v2990")
+    end = text.index("w5 ")
+    sc = engine.score(text, start, end, settings=s)
+    assert "".join(t.text for t in sc) == text[start:end]  # every token of the span, none trimmed
+
+
+def test_finish_cuts_the_way_the_task_is_defined(engine):
+    inline = _Job(Hole(10, 10, "cursor", whole_lines=False, single_line=True), "x = f(a, ", ")\nnext\n", "")
+    assert engine._finish(inline, "b)\nmore") == "b"  # cut at the newline, the ")" that follows not repeated
+    assert engine._finish(inline, "b, c  ") == "b, c  "
+    eol = _Job(Hole(5, 5, "cursor", whole_lines=False, single_line=True), "x = ", "\ny = 2\n", "")
+    assert engine._finish(eol, "1   \nz") == "1"
+    lines = _Job(Hole(0, 9, "placeholder", whole_lines=True, single_line=False, indent="    "),
+                 "def f():\n", "\ndef g():\n    pass\n", "    pass\n")
+    assert engine._finish(lines, "    return 1  \n    \n") == "    return 1\n"
+    assert engine._finish(lines, "    return 1\n\ndef g():\n    pass\n") == "    return 1\n"  # no repeated suffix
+
+
+def test_indentation_check(engine):
+    text = "def f():\n    pass\n"
+    job = _Job(Hole(9, 18, "placeholder", whole_lines=True, single_line=False, indent="    "),
+               text[:9], text[18:], text[9:18])
+    assert engine._indentation_ok(text, job, "    return 1\n")
+    assert not engine._indentation_ok(text, job, "return 1\n")
+    assert not engine._indentation_ok(text, job, "    x = 1\ny = 2\n")
+
+
+DEFAULT = Path(__file__).resolve().parents[1] / "model" / "default"
+
+
+@pytest.mark.skipif(not (DEFAULT / "config.json").is_file(),
+                    reason="needs the trained default model in model/default/ (not shipped yet)")
+def test_repair_flags_a_corrupted_token_with_the_default_model():
+    e = Engine.load(None)
+    good = "def add(a, b):\n    return a + b\n\n\nfor i in range(10):\n    print(i)\n"
+    bad = good.replace("range(10)", "rangx(10)")
+    start, end = bad.index("for i"), bad.index("print(i)") + 8
+    res = e.repair(bad, start, end, language="python", settings=Settings(repair_threshold=0.05))
+    where = bad.index("rangx")
+    assert any(f.start <= where + 4 < max(f.end, f.start + 1) or where <= f.start < where + 5 for f in res.flagged)
+    assert "range(10)" in res.new_text
+
+
+def test_flagging_rules():
+    lp = [math.log(p) for p in (0.9, 0.01, 0.01, 0.5)]
+    best = [(1, math.log(0.9)), (2, math.log(0.5)), (3, math.log(0.02)), (4, math.log(0.5))]
+    # Threshold 0.05 alone flags both improbable tokens; with a ratio, only token 1, which the model confidently
+    # replaces (token 2's position is one where the model is unsure of everything).
+    assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_threshold=0.05)) == [1, 2]
+    assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_threshold=0.05, repair_ratio=10.0)) == [1]
+    assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_fraction=0.5)) == [1, 2]
+    assert Engine._flag([0, 3], lp, best, Settings(repair_fraction=0.5)) == [3]
+    with pytest.raises(EngineError):
+        Engine._flag([0], lp, best, Settings(repair_fraction=2.0))
+
+
+def test_block_opener_gets_a_multi_line_answer(engine):
+    from assistant.spans import hole_at
+
+    src = "def f(x):\n    return x\n"
+    h = hole_at(src, src.index(":") + 1, None, "python")
+    assert (h.what, h.single_line) == ("cursor", False)
+    job = _Job(h, src[:h.start], src[h.end:], "")
+    assert engine._finish(job, "\n    y = x  \n    return x\n") == "\n    y = x"  # the suffix is not repeated
+
+
+def test_regenerate_streams_one_piece_list_per_candidate(engine):
+    steps = []
+    start = PY.index("return <FILL>")
+    engine.regenerate(PY, start, start + 13, n=2, settings=FAST, callback=steps.append)
+    assert steps and all(len(st.pieces) == 2 and len(st.spans) == 2 for st in steps)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.9])
+def test_inpaint_matches_uncached_reference(engine, threshold):
+    """The cached in-place decoder (repair) equals re-running the whole block-causal sequence at every step."""
+    start, end = PY.index("def add"), PY.index("pass") + 4
+    prompt, span_ids, _o, a, _j = engine._span_prompt(PY, start, end, engine.settings)
+    canvas = prompt.ids + span_ids + [engine.eos]
+    for i in (1, 2, 9, len(span_ids) - 1):  # masks in three different blocks, two in one block
+        canvas[a + i] = engine.mask
+    s = Settings(threshold=threshold, seed=0)
+    got, _lp, stats = engine._inpaint(list(canvas), a, a + len(span_ids), s, [], None, None)
+    B = engine.cfg.block_size
+    x = torch.tensor(canvas)
+    steps = 0
+    with torch.no_grad():
+        while (x == engine.mask).any():
+            p0 = int((x == engine.mask).nonzero()[0])
+            bs, be = (p0 // B) * B, min((p0 // B) * B + B, len(x))
+            pos = torch.arange(be)
+            allowed = pos[None, :] // B <= pos[:, None] // B
+            lg = forward_logits(engine.model, x[None, :be], pos[None], allowed[None]).float()[0, bs:be]
+            lg[:, engine.mask] = float("-inf")
+            m = (x[bs:be] == engine.mask).nonzero().flatten()
+            probs = torch.softmax(lg[m].double(), -1)
+            conf, tok = probs.max(-1)
+            order = torch.argsort(conf, descending=True)
+            keep = conf[order] >= threshold
+            keep[0] = True
+            for c in order[keep].tolist():
+                x[bs + int(m[c])] = int(tok[c])
+            steps += 1
+    assert got == x.tolist()
+    assert stats["steps"] == steps and stats["tokens"] == 4
+
+
+def test_fill_all_second_round_sees_the_first_answers(engine, monkeypatch):
+    prompts_seen = []
+    real = engine._generate
+
+    def spy(prompts, *a, **k):
+        prompts_seen.append([engine.tok.decode(p) for p in prompts])
+        return real(prompts, *a, **k)
+
+    monkeypatch.setattr(engine, "_generate", spy)
+    one = engine.fill_all(PY, language="python", settings=FAST)
+    two = engine.fill_all(PY, language="python", settings=FAST, rounds=2)
+    assert len(prompts_seen) == 3 and two.stats["rounds"] == 2 and two.stats["nfe"] > one.stats["nfe"]
+    first_mul = next(e.new_text for e in one.edits if e.start >= PY.index("def mul"))
+    # Round 2's prompt for the first hole contains the second hole's round-1 answer instead of <FILL>.
+    assert "return <FILL>" in prompts_seen[1][0] and "return <FILL>" not in prompts_seen[2][0]
+    assert ("return " + first_mul.strip()) in prompts_seen[2][0] or not first_mul.strip()
+
+
+@pytest.mark.skipif((DEFAULT / "config.json").is_file(), reason="the default model is present")
+def test_loading_the_missing_default_model_is_a_clear_error():
+    from model.checkpoint import CheckpointError
+
+    with pytest.raises(EngineError, match="default model") as info:
+        Engine.load(None)
+    assert isinstance(info.value, CheckpointError)  # callers catching either kind see it

@@ -1,0 +1,108 @@
+"""Unit tests of the language server's pure parts: settings, positions, ghost-text clean-up, error handling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from lsprotocol import types as T
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError
+
+from assistant.api import EngineError
+from assistant.positions import offset_to_position, position_to_offset
+from lsp.config import ConfigError, ServerConfig
+from lsp.server import REQUEST_FAILED, guarded, parse_tcp
+from lsp.textutil import LineIndex, PositionError, detect_indent, window
+
+
+def test_config_accepts_camel_and_snake_case_and_a_section():
+    cfg = ServerConfig().updated({"remask": {"maxTokens": 64, "inline_max_tokens": 5, "threshold": None,
+                                             "steps": 2, "features": {"diagnostics": True}}})
+    assert (cfg.max_tokens, cfg.inline_max_tokens, cfg.threshold, cfg.steps) == (64, 5, None, 2)
+    assert cfg.features.diagnostics and cfg.features.inline_completion
+    s = cfg.settings(inline=True)
+    assert s.max_new_tokens == 5 and s.steps == 2 and s.threshold is None
+    assert cfg.settings().max_new_tokens == 64
+    assert ServerConfig().updated({"otherTool": 1}) == ServerConfig()  # unknown keys are someone else's
+
+
+@pytest.mark.parametrize("raw,word", [({"threshold": 0}, "threshold"), ({"threshold": 1.5}, "threshold"),
+                                      ({"maxTokens": "10"}, "maxTokens"), ({"blockSize": True}, "blockSize"),
+                                      ({"device": "gpu0"}, "device"), ({"features": {"nope": True}}, "nope"),
+                                      ({"features": {"diagnostics": "yes"}}, "diagnostics"),
+                                      ({"temperature": -1}, "temperature"), ("text", "object")])
+def test_config_rejects_bad_values_by_name(raw, word):
+    with pytest.raises(ConfigError, match=word):
+        ServerConfig().updated(raw)
+
+
+def test_line_index_matches_the_engine_conversion_in_every_encoding():
+    text = "a = '\U0001F600é'\r\nb\rc\n\n😀x = 1"
+    for enc in ("utf-16", "utf-8", "utf-32"):
+        idx = LineIndex(text, enc)
+        for off in range(len(text) + 1):
+            if text[off - 1:off + 1] == "\r\n":
+                continue  # between \r and \n: not a position
+            line, ch = idx.position(off)
+            assert (line, ch) == offset_to_position(text, off, enc)
+            assert idx.offset(line, ch) == position_to_offset(text, line, ch, enc) == off
+
+
+def test_line_index_is_strict_past_the_end_and_clamps_characters():
+    idx = LineIndex("ab\ncd\n")
+    assert idx.line_count == 3
+    assert idx.offset(1, 99) == 5  # past the end of a line: its end (the LSP rule)
+    assert idx.offset(2, 0) == 6
+    with pytest.raises(PositionError, match="past the end"):
+        idx.offset(3, 0)
+    with pytest.raises(PositionError):
+        idx.offset(-1, 0)
+
+
+def test_window_cuts_at_line_boundaries_around_the_cursor():
+    text = "".join(f"line {i}\n" for i in range(10_000))
+    at = text.index("line 5000")
+    sub, base = window(text, at, at, 1000)
+    assert len(sub) < 1200 and sub.startswith("line ") and sub.endswith("\n")
+    assert text[base:base + len(sub)] == sub and base <= at < base + len(sub)
+    assert window("short", 2, 2, 1000) == ("short", 0)
+
+
+def test_detect_indent():
+    assert detect_indent("if x:\n\ty\n") == "\t"
+    assert detect_indent("if x:\n  y\n  if z:\n    w\n") == "  "
+    assert detect_indent("x = 1\n") == "    "
+
+
+def test_parse_tcp_defaults_to_loopback():
+    assert parse_tcp("9000") == ("127.0.0.1", 9000)
+    assert parse_tcp("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert parse_tcp("[::1]:7") == ("::1", 7)
+    with pytest.raises(ValueError):
+        parse_tcp("localhost:http")
+
+
+class _FakeServer:
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, T.MessageType]] = []
+
+    def log(self, message: str, level: T.MessageType = T.MessageType.Info) -> None:
+        self.logged.append((message, level))
+
+
+def test_an_exception_in_a_handler_is_logged_and_answered_with_an_error():
+    @guarded
+    async def broken(ls, params):
+        raise KeyError("boom")
+
+    @guarded
+    async def bad_input(ls, params):
+        raise EngineError("the span is empty")
+
+    ls = _FakeServer()
+    with pytest.raises(JsonRpcInternalError, match="KeyError"):
+        asyncio.run(broken(ls, None))
+    assert ls.logged[-1][1] == T.MessageType.Error and "Traceback" in ls.logged[-1][0]
+    with pytest.raises(JsonRpcException) as ei:
+        asyncio.run(bad_input(ls, None))
+    assert ei.value.code == REQUEST_FAILED and "the span is empty" in ei.value.message

@@ -1,0 +1,266 @@
+"""Training pipeline: losses fall, BD noise schedule, warmup switch, train/inference mask parity,
+kill-and-resume, NaN guard, SFT data, config layering, the end-to-end pipeline and a 2-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.cache import BlockKVCache
+from model.checkpoint import load_checkpoint
+from model.decoder import DecodeConfig, generate
+from model.network import forward_logits
+from model.testing import stdlib_texts
+from model.tokenizer import Tokenizer
+from training.config import TrainConfig, apply_overrides, build_config, load_toml
+from training.corpus import build_corpus, tokenize_corpus
+from training.objectives import BD3Masks, Noise, bd_forward_masked, bd_noise, mask_cap, weighted
+from training.trainer import Trainer, TrainingError, noise_draws, read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(preset="test", seq_len=32, batch_size=4, warmup_steps=2, eval_every=0, save_every=0, log_every=1,
+                progress=False, fim_rate=0.5, seed=3, ar_lr=3e-3, bd_lr=2e-3, bd_warmup_steps=4, eval_batches=2)
+    base.update(kw)
+    return apply_overrides(TrainConfig(), base, "test")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    for i, t in enumerate(stdlib_texts(60)):
+        pkg = root / f"pkg{i % 6}"
+        pkg.mkdir(exist_ok=True)
+        (pkg / f"m{i}.py").write_text(t, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(sources, tmp_path_factory, test_model_dir):
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    build_corpus(out, [str(sources)], extensions=[".py"], holdout=[], val_fraction=0.05, seed=0, log=lambda s: None)
+    tokenize_corpus(out, test_model_dir, log=lambda s: None)
+    return out
+
+
+def _val(path: Path, key: str = "val_loss") -> list[float]:
+    return [r[key] for r in read_metrics(path / "metrics.jsonl") if key in r]
+
+
+def _draws(b, L, B, seed=0):
+    return noise_draws(seed, 1, 0, range(b), L, B)
+
+
+# --------------------------------------------------------------------------------- losses fall
+def test_ar_and_bd_losses_fall(corpus, tmp_path, test_model_dir):
+    cfg = _cfg(ar_steps=15, bd_steps=15, eval_every=15, bd_warmup_steps=0, ar_lr=1e-2, bd_lr=1e-2, warmup_steps=3)
+    ar = Trainer(cfg, "ar", tmp_path / "ar", corpus, tokenizer_dir=test_model_dir, log=lambda s: None).run()
+    v = _val(tmp_path / "ar")
+    assert v[-1] < v[0] - 0.3, v
+    model, tok = load_checkpoint(ar)
+    assert model.remask_config.kind == "ar" and model.remask_config.logit_shift
+    assert json.loads((ar / "train_config.json").read_text())["ar_steps"] == 15
+    # BD from the random test model: the weighted ELBO loss and the masked CE both fall.
+    bd = Trainer(cfg, "bd", tmp_path / "bd", corpus, init_from=test_model_dir, log=lambda s: None).run()
+    v, ce = _val(tmp_path / "bd"), _val(tmp_path / "bd", "val_masked_ce")
+    assert v[-1] < v[0] - 0.5 and ce[-1] < ce[0] - 0.5, (v, ce)
+    model, tok = load_checkpoint(bd)
+    assert model.remask_config.kind == "bd" and not model.remask_config.logit_shift
+    res = generate(model, [[tok.bos_id] + tok.encode("def f(x):\n")], DecodeConfig(max_new_tokens=8), tokenizer=tok)
+    assert res.nfe > 0
+
+
+# --------------------------------------------------------------------------------- noise schedule
+def test_clipped_schedule_never_leaves_a_block_empty():
+    b, L, B = 512, 64, 4
+    x0 = torch.randint(10, 100, (b, L))
+    n = bd_noise(x0, B, 5, 1.0, True, _draws(b, L, B))
+    per_block = n.masked.view(b, L // B, B).sum(-1).float()
+    assert float((per_block == 0).float().mean()) == 0.0
+    assert float(per_block.mean()) >= 1.0
+    assert torch.all(n.u_blk >= 1 / B) and torch.all(n.weight <= B + 1e-6)
+    assert torch.all(n.xt[n.masked] == 5) and torch.equal(n.xt[~n.masked], x0[~n.masked])
+    w = n.weight.view(b, L // B, B)
+    assert torch.allclose(w[n.masked.view(b, L // B, B)],
+                          (1 / n.u_blk)[..., None].expand(-1, -1, B)[n.masked.view(b, L // B, B)])
+    # Without the clip and fallback a linear schedule leaves about 1/(B+1) of the blocks empty.
+    raw = bd_noise(x0, B, 5, 1.0, True, _draws(b, L, B), clip=False)
+    empty = float((raw.masked.view(b, L // B, B).sum(-1) == 0).float().mean())
+    assert 0.15 < empty < 0.25
+    # Only eligible positions are ever masked, and a block with any eligible position gets one.
+    elig = torch.zeros(b, L, dtype=torch.bool)
+    elig[:, L // 2 + 1:] = True
+    e = bd_noise(x0, B, 5, 1.0, True, _draws(b, L, B), eligible=elig)
+    assert not e.masked[~elig].any()
+    blocks = e.masked.view(b, L // B, B).sum(-1)
+    assert torch.all(blocks[:, L // B // 2:] >= 1) and torch.all(blocks[:, : L // B // 2] == 0)
+
+
+def test_warmup_cap_and_weight_switch():
+    S, u0 = 100, 1e-3
+    assert mask_cap(0, S, u0) == pytest.approx(u0)
+    assert mask_cap(50, S, u0) == pytest.approx(u0 + (1 - u0) * 0.5)
+    assert mask_cap(S, S, u0) == 1.0 and mask_cap(S + 5, S, u0) == 1.0
+    assert not weighted(S - 1, S) and weighted(S, S)
+    b, L, B = 64, 32, 4
+    x0 = torch.randint(10, 100, (b, L))
+    early = bd_noise(x0, B, 5, mask_cap(1, S, u0), weighted(1, S), _draws(b, L, B))
+    assert torch.allclose(early.u_blk, torch.full_like(early.u_blk, 1 / B))  # the clip floor
+    assert torch.equal(early.weight, early.masked.float())  # no 1/t weight during warmup
+    late = bd_noise(x0, B, 5, mask_cap(S, S, u0), weighted(S, S), _draws(b, L, B))
+    assert float(late.weight.max()) > 1.0
+
+
+# --------------------------------------------------------------------------------- train == infer
+def test_training_mask_matches_cached_inference(test_model_dir):
+    model, _ = load_checkpoint(test_model_dir)
+    L, B, mask_id = 16, 4, model.remask_config.mask_token_id
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(20, 1000, (1, L), generator=g)
+    xt = x0.clone()
+    xt[0, [1, 9, 10, 14]] = mask_id  # noise in several blocks, block 2 is the one compared
+    noise = Noise(xt=xt, masked=torch.ones(1, L, dtype=torch.bool), weight=torch.ones(1, L),
+                  u_blk=torch.ones(1, L // B))
+    with torch.no_grad():
+        train_logits = bd_forward_masked(model, noise, x0, BD3Masks(B, False, torch.device("cpu"))).view(L, -1)
+        cache = BlockKVCache(model.config.num_hidden_layers, 1, L)
+        pos = torch.arange(8)
+        forward_logits(model, x0[:, :8], pos[None], (pos[None, :] // B <= pos[:, None] // B)[None], cache=cache,
+                       kv_len=8)
+        win = torch.arange(8, 12)
+        infer = forward_logits(model, xt[:, 8:12], win[None], torch.ones(1, 4, 12, dtype=torch.bool), cache=cache,
+                               kv_len=12)[0]
+    torch.testing.assert_close(train_logits[8:12], infer, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------- resume, guards
+def test_kill_and_resume_reproduces_losses(corpus, tmp_path, test_model_dir):
+    cfg = _cfg(bd_steps=8, save_every=3, bd_warmup_steps=3)
+    Trainer(cfg, "bd", tmp_path / "a", corpus, init_from=test_model_dir, log=lambda s: None).run()
+
+    def kill(step, rec):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, "bd", tmp_path / "b", corpus, init_from=test_model_dir, on_step=kill, log=lambda s: None).run()
+    state = json.loads((tmp_path / "b" / "checkpoint" / "training_state.json").read_text())
+    assert state["step"] == 3 and not state["finished"]
+    Trainer(cfg, "bd", tmp_path / "b", corpus, init_from=test_model_dir, log=lambda s: None).run()
+    a, b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-4, abs=1e-6)
+    # The warmup ends at the configured step: records 1..3 are steps 0..2.
+    assert [r["weighted"] for r in a] == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert all(r["mask_cap"] < 1 for r in a[:3]) and all(r["mask_cap"] == 1 for r in a[3:])
+    # A finished stage is skipped when rerun.
+    logs = []
+    Trainer(cfg, "bd", tmp_path / "b", corpus, init_from=test_model_dir, log=logs.append).run()
+    assert any("already finished" in m for m in logs)
+
+
+def test_nan_guard_stops_with_a_clear_message(corpus, tmp_path, test_model_dir):
+    cfg = _cfg(ar_steps=6, ar_lr=1e30, warmup_steps=0, grad_clip=0)
+    with pytest.raises(TrainingError, match="loss became"):
+        Trainer(cfg, "ar", tmp_path / "nan", corpus, tokenizer_dir=test_model_dir, log=lambda s: None).run()
+
+
+# --------------------------------------------------------------------------------- SFT
+def test_sft_rows_keep_prompt_clean(corpus, tmp_path, test_model_dir):
+    from training.sft import SFTData
+
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text(json.dumps({"prompt": "Say hi.", "response": "print('hi')\n"}) + "\n")
+    tok = Tokenizer.from_folder(test_model_dir)
+    cfg = _cfg(sft_data=[str(jl)], sft_synthetic_rate=0.5, seq_len=128)
+    data = SFTData(corpus, "train", tok, 128, cfg)
+    x, elig = data.batch(0, range(8))
+    assert x.shape == (8, 128) and elig.any() and (~elig).any()
+    n = bd_noise(x, 4, tok.mask_id, 1.0, True, _draws(8, 128, 4), eligible=elig)
+    assert not n.masked[~elig].any()
+    # Responses end with 1..4 EOS inside the eligible part, after the chat prompt.
+    p, r = data.sample(np.random.default_rng(1))
+    k = len(r) - len(tok.encode(tok.decode(r)))
+    assert 1 <= k <= 4 and r[-k:] == [tok.eos_id] * k
+    assert p[-len(tok.encode("assistant\n")):] == tok.encode("assistant\n")
+    ck = Trainer(_cfg(sft_steps=3, sft_data=[str(jl)], seq_len=64), "sft", tmp_path / "sft", corpus,
+                 init_from=test_model_dir, log=lambda s: None).run()
+    model, _ = load_checkpoint(ck)
+    assert model.remask_config.kind == "bd-instruct" and model.remask_config.instruct
+
+
+# --------------------------------------------------------------------------------- config, CLI
+def test_config_layers_and_errors(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('seq_len = 128\n[ar]\nar_steps = 7\nar_lr = 1e-3\n[corpus]\nholdout = ["numpy"]\n')
+    import argparse
+
+    from training.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments("train", p)
+    args = p.parse_args(["ar", "--preset", "test", "--config", str(toml), "--ar-lr", "5e-4", "--compile", "true"])
+    cfg = build_config(args, args.preset)
+    assert (cfg.preset, cfg.seq_len, cfg.ar_steps, cfg.ar_lr, cfg.holdout, cfg.compile) == (
+        "test", 128, 7, 5e-4, ["numpy"], True)
+    assert cfg.batch_size == 4  # from the test pipeline preset
+    assert load_toml(toml)["ar_steps"] == 7
+    with pytest.raises(ValueError, match="unknown config field 'seq_lenn'"):
+        apply_overrides(TrainConfig(), {"seq_lenn": 3}, "x")
+    with pytest.raises(ValueError, match="cannot use"):
+        apply_overrides(TrainConfig(), {"seq_len": "long"}, "x")
+
+
+def test_pipeline_end_to_end_and_rerun(sources, tmp_path):
+    from training.plot import plot
+    from ui.cli import main
+
+    args = ["train", "pipeline", "--preset", "test", "--out", str(tmp_path / "run"), "--sources", str(sources),
+            "--ar-steps", "4", "--bd-steps", "4", "--sft-steps", "2", "--seq-len", "32", "--eval-every", "0",
+            "--progress", "false", "--tokenizer-max-mb", "0.5"]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    for d in ("corpus/manifest.json", "tokenizer/tokenizer.json", "ar/checkpoint/config.json",
+              "bd/checkpoint/training_state.json", "sft/checkpoint/model.safetensors", "sft/metrics.jsonl"):
+        assert (run / d).is_file(), d
+    model, tok = load_checkpoint(run / "sft" / "checkpoint")
+    assert model.remask_config.kind == "bd-instruct" and tok is not None
+    mtime = (run / "bd" / "checkpoint" / "model.safetensors").stat().st_mtime
+    assert main(args) == 0  # everything done: skipped, nothing rewritten
+    assert (run / "bd" / "checkpoint" / "model.safetensors").stat().st_mtime == mtime
+    png = plot(run)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir):
+    flags = dict(bd_steps=3, seq_len=32, batch_size=4, warmup_steps=1, bd_warmup_steps=1, fim_rate=0.5, seed=3,
+                 save_every=0, eval_every=0, log_every=1, progress=False)
+    cfg = _cfg(**flags)
+    Trainer(cfg, "bd", tmp_path / "one", corpus, init_from=test_model_dir, log=lambda s: None).run()
+    toml = tmp_path / "same.toml"  # the very same config, through the TOML path of the command line
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.to_dict().items()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "ui.cli",
+           "train", "bd", "--config", str(toml), "--init-from", str(test_model_dir), "--corpus", str(corpus),
+           "--out", str(tmp_path / "two"), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    assert json.loads((tmp_path / "two" / "checkpoint" / "training_state.json").read_text())["world_size"] == 2

@@ -1,0 +1,120 @@
+"""``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline``.
+
+Every option of ``TrainConfig`` is a ``--field value`` flag; ``--config FILE.toml`` and
+``--preset NAME`` set many at once (order: defaults < preset < TOML < flags). ``--steps`` and ``--lr``
+are shorthands for the stage's own ``--ar-steps`` / ``--bd-lr`` ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import PIPELINE_PRESETS, add_config_arguments, build_config
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices={"corpus": ["build", "tokenize", "info"], "tokenizer": ["train"],
+                                           "train": ["ar", "bd", "sft", "pipeline"]}[command],
+                        help="what to do")
+    parser.add_argument("--config", default=None, help="TOML file of config fields")
+    parser.add_argument("--preset", default=None,
+                        help=f"pipeline preset ({', '.join(PIPELINE_PRESETS)}); also sets the model shape")
+    parser.add_argument("--out", default=None, help="output folder (corpus, tokenizer, stage or pipeline folder)")
+    if command == "corpus":
+        parser.add_argument("--tokenizer", default=None, help="tokenizer folder (tokenize)")
+        parser.add_argument("--corpus", default=None, help="corpus folder (tokenize, info)")
+    if command == "tokenizer":
+        parser.add_argument("--corpus", required=True, help="corpus folder built by `remask corpus build`")
+    if command == "train":
+        parser.add_argument("--corpus", default=None, help="corpus folder (stage commands)")
+        parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the init checkpoint's)")
+        parser.add_argument("--steps", type=int, default=None, help="steps of this stage (= --STAGE-steps)")
+        parser.add_argument("--lr", type=float, default=None, help="peak learning rate of this stage")
+        parser.add_argument("--time-budget-min", dest="budget", type=float, default=None,
+                            help="minutes: the whole pipeline's budget, or this stage's limit")
+    add_config_arguments(parser, skip=("preset", "time_budget_min") if command == "train" else ("preset",))
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .corpus import CorpusError
+    from .trainer import TrainingError
+
+    try:
+        return _run(command, args)
+    except (CorpusError, TrainingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
+    from .pipeline import corpus_step, run_pipeline, tokenizer_step
+
+    action = args.action
+    cfg = build_config(args, args.preset)
+    if command == "corpus":
+        from .corpus import read_manifest, tokenize_corpus
+
+        if action == "build":
+            out = Path(args.out or Path(cfg.out_dir) / "corpus")
+            if (out / "manifest.json").is_file():
+                print(f"error: {out} already holds a corpus; choose another --out or delete it", file=sys.stderr)
+                return 2
+            corpus_step(cfg, out)
+            print(out)
+            return 0
+        corpus = Path(args.corpus or args.out or Path(cfg.out_dir) / "corpus")
+        if action == "tokenize":
+            if not args.tokenizer:
+                print("error: --tokenizer DIR is required", file=sys.stderr)
+                return 2
+            tokenize_corpus(corpus, args.tokenizer)
+            return 0
+        m = read_manifest(corpus)
+        import json
+
+        print(json.dumps({k: m[k] for k in ("sources", "splits", "languages", "dropped")}, indent=2))
+        return 0
+    if command == "tokenizer":
+        out = Path(args.out or Path(cfg.out_dir) / "tokenizer")
+        tokenizer_step(cfg, Path(args.corpus), out)
+        print(out)
+        return 0
+    # train
+    if action == "pipeline":
+        if args.out:
+            cfg.out_dir = args.out
+        if args.budget is not None:
+            cfg.time_budget_min = args.budget
+        run_pipeline(cfg)
+        return 0
+    from .trainer import Trainer
+
+    stage = action
+    if args.steps is not None:
+        setattr(cfg, f"{stage}_steps", args.steps)
+    if args.lr is not None:
+        setattr(cfg, f"{stage}_lr", args.lr)
+    if args.budget is not None:
+        setattr(cfg, f"{stage}_time_min", args.budget)
+    prev = {"bd": "ar", "sft": "bd"}.get(stage)
+    if prev and not cfg.init_from and (Path(cfg.out_dir) / prev / "checkpoint" / "config.json").is_file():
+        cfg.init_from = str(Path(cfg.out_dir) / prev / "checkpoint")  # the previous stage of the same run
+    out = Path(args.out or Path(cfg.out_dir) / stage)
+    corpus = Path(args.corpus or Path(cfg.out_dir) / "corpus")
+    tok_dir = Path(args.tokenizer) if args.tokenizer else None
+    if tok_dir is not None:
+        from .corpus import tokenize_corpus
+
+        tokenize_corpus(corpus, tok_dir)
+    elif cfg.init_from:
+        from .corpus import tokenize_corpus
+
+        tokenize_corpus(corpus, cfg.init_from)
+    ckpt = Trainer(cfg, stage, out, corpus, tokenizer_dir=tok_dir).run()
+    if os.environ.get("RANK", "0") == "0":
+        print(ckpt)
+    return 0

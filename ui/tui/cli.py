@@ -1,0 +1,44 @@
+"""``remask tui [FILE]``: open the terminal editor (the model loads in the background)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    from model.cli import add_model_arguments
+
+    parser.add_argument("file", nargs="?", default=None, help="file to edit (created on save if missing)")
+    add_model_arguments(parser)
+    parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold tau, 0 < tau <= 1")
+    parser.add_argument("--steps", type=int, default=None, help="fixed steps per block (disables --threshold)")
+    parser.add_argument("--block-size", type=int, default=None, help="block size B (default: the model's)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from assistant.api import Settings
+
+    from .files import FileError, read_text_file
+
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        print("error: --threshold must be in (0, 1]", file=sys.stderr)
+        return 2
+    path = Path(args.file).expanduser() if args.file else None
+    if path is not None and path.exists():
+        try:
+            read_text_file(path)  # refuse binary / huge files before taking over the terminal
+        except FileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    settings = Settings(threshold=None if args.steps else args.threshold, steps=args.steps,
+                        block_size=args.block_size, temperature=args.temperature,
+                        max_new_tokens=args.max_new_tokens)
+    from .app import RemaskApp
+
+    app = RemaskApp(path, model=args.model, device=args.device, dtype=args.dtype, settings=settings)
+    app.run()
+    return 0
