@@ -40,7 +40,7 @@ def useful_flops(cfg, batch: int, L: int, kind: str, masked_frac: float) -> floa
         fwd_tokens, head_tokens, pairs = L, L, L * (L + 1) / 2
     else:
         fwd_tokens, head_tokens = 2 * L, masked_frac * L
-        pairs = float(bd3_training_mask(L, cfg.block_size).sum()) if L <= 4096 else 1.5 * L * L / 1
+        pairs = float(bd3_training_mask(L, cfg.block_size).sum()) if L <= 4096 else L * L + L * cfg.block_size
     per_row = 6 * non_emb * fwd_tokens + 6 * d * V * head_tokens + 12 * d * n * pairs
     return batch * per_row
 

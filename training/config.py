@@ -145,8 +145,10 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(preset="tiny", max_corpus_mb=24.0, tokenizer_max_mb=8.0, seq_len=256, batch_size=8,
                  ar_steps=2000, bd_steps=2000, sft_steps=300, warmup_steps=50, bd_warmup_steps=200,
                  eval_every=200, eval_batches=4, save_every=200, log_every=10),
-    # The default model on one GPU (~32M parameters; the whole pipeline within one ~9 minute command).
+    # The default model on one GPU (~32M parameters): the whole pipeline within one 9-minute command, so the
+    # stages are time-limited (8 minutes in all, split 45/45/10 after corpus and tokenizer); steps are caps.
     "small": dict(preset="small", max_corpus_mb=250.0, tokenizer_max_mb=60.0, seq_len=1024, batch_size=64,
+                  time_budget_min=8.0,
                   ar_steps=3000, bd_steps=3000, sft_steps=400, ar_lr=2e-3, bd_lr=1e-3, sft_lr=3e-4,
                   warmup_steps=200, bd_warmup_steps=300, eval_every=500, eval_batches=8, save_every=1000,
                   log_every=20, num_workers=6, compile=True),

@@ -15,9 +15,10 @@ What is enforced, and how (the tests in ``tests/test_sandbox.py`` check each one
   sample owns only its fresh working directory; the rest of the file system is read-only to it except the
   world-writable temporary folders (``/tmp``, ``/var/tmp``, ``/dev/shm``), where whatever it leaves is
   deleted after the run. Without root, processes run as the evaluator's own user: the limits still
-  apply, but writes are confined only by ``RLIMIT_FSIZE`` and the user's own permissions, and a process
-  that leaves the process group (``setsid``) survives until its CPU limit ends it. ``Sandbox.isolation``
-  says which case applies; reports record it.
+  apply (except ``RLIMIT_NPROC`` when that user is root, which the kernel exempts), writes are confined
+  only by ``RLIMIT_FSIZE`` and the user's own permissions, and leftovers that left the process group are
+  found by a per-run token in their inherited environment (best effort: a process that rewrites its
+  environment block escapes it). ``Sandbox.isolation`` says which case applies; reports record it.
 * **No network** where the platform allows: a new, empty network namespace (``unshare(CLONE_NEWNET)``,
   or with ``CLONE_NEWUSER`` when not root). If neither works, ``isolation["network"]`` is False.
 * **Scrubbed environment**: only PATH, LANG, HOME/TMPDIR (= the working directory), PYTHONHASHSEED and
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -53,6 +55,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 STATUSES = ("passed", "failed", "timeout", "error")
+MARKER = "REMASK_SANDBOX_RUN"  # a random per-run token in the environment: finds leftovers without a uid
 
 _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
@@ -101,10 +104,10 @@ class ExecResult:
         return asdict(self)
 
 
-def _env(work: str) -> dict[str, str]:
+def _env(work: str, token: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work,
             "TMPDIR": work, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: token}
 
 
 def _slot_uid() -> int:
@@ -154,6 +157,36 @@ def _kill_uid(uid: int) -> int:
         subprocess.run([sys.executable, "-I", "-S", "-c", code], env={}, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
         time.sleep(0.01 * rounds)
+    return rounds
+
+
+def _marked_pids(token: str) -> list[int]:
+    """Live processes whose initial environment holds this run's token (forked children inherit it)."""
+    needle = f"{MARKER}={token}".encode()
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            if needle in Path(f"/proc/{name}/environ").read_bytes() and \
+                    Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(int(name))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _kill_marked(token: str) -> int:
+    """Best-effort cleanup without a uid of our own: kill what carries the token, until nothing does."""
+    rounds = 0
+    while (pids := _marked_pids(token)) and rounds < 50:
+        rounds += 1
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005 * rounds)
     return rounds
 
 
@@ -269,7 +302,8 @@ class Sandbox:
         root = Path(tempfile.mkdtemp(prefix="remask-sbx-"))
         t0 = time.perf_counter()
         timed_out = False
-        extra: dict = {"uid": uid} if uid is not None else {}
+        token = uuid.uuid4().hex
+        extra: dict = {"uid": uid, "run_token": token}
         try:
             work = root / "work"
             work.mkdir()
@@ -280,7 +314,7 @@ class Sandbox:
                 os.chown(work, uid, uid)
                 os.chown(prog, uid, uid)
             cfg = {"rlimits": limits.rlimits(), "unshare_flags": iso["unshare_flags"], "uid": uid, "gid": uid,
-                   "cwd": str(work), "env": _env(str(work)), "argv": [iso["python"], "-I", "main.py"]}
+                   "cwd": str(work), "env": _env(str(work), token), "argv": [iso["python"], "-I", "main.py"]}
             out_p, err_p = root / "stdout", root / "stderr"
             with open(out_p, "wb") as out, open(err_p, "wb") as err:
                 try:
@@ -299,8 +333,7 @@ class Sandbox:
                     except (ProcessLookupError, PermissionError):
                         pass
                     rc = p.wait()
-                    if uid is not None:
-                        extra["kill_rounds"] = _kill_uid(uid)
+                    extra["kill_rounds"] = _kill_uid(uid) if uid is not None else _kill_marked(token)
             duration = time.perf_counter() - t0
             if uid is not None:
                 left = _sweep_shared_tmp(uid)
