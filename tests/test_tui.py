@@ -324,6 +324,9 @@ async def test_repair_highlights_flagged_tokens(src, engine):
         loc = app.editor.offset_to_location
         assert {(m.start, m.end) for m in marks} == {(loc(t.start), loc(t.end)) for t in flagged}
         assert all(0.0 <= t.prob <= 1.0 for t in flagged)
+        first = flagged[0]
+        tip = app.editor.mark_at(loc(first.start)).tip  # shown on hover
+        assert tip.startswith(f"p = {first.prob:.3g}")
         # the buffer is untouched until a proposal is accepted; rejecting keeps the highlights
         if app.proposal is not None:
             await pilot.press("escape")
@@ -397,6 +400,16 @@ async def test_ghost_text_accept_cycle_and_undo(tmp_path):
         await pilot.pause()
         assert app.editor.suggestion == "" and app.proposal is None
         assert app.editor.text == "def f(x, lo):\n    return \n"
+        # typing just before: the accepted change is still its own undo step
+        await pilot.press("a")
+        await pilot.press("ctrl+f")
+        await settle(pilot)
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.editor.text == "def f(x, lo):\n    return alo if x < lo else x\n"
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+        assert app.editor.text == "def f(x, lo):\n    return a\n"
 
 
 # ---------------------------------------------------------------------------- files, prompts, settings

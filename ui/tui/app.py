@@ -819,7 +819,8 @@ class RemaskApp(App[None]):
         loc = self.editor.offset_to_location
         marks = []
         for i, t in enumerate(flagged):
-            marks.append(Mark(loc(t.start), loc(t.end), "remask.flagged"))
+            tip = f"p = {t.prob:.3g}" + (f" · the model prefers {t.best!r}" if t.best is not None else "")
+            marks.append(Mark(loc(t.start), loc(t.end), "remask.flagged", tip))
             table.add_row(str(loc(t.start)[0] + 1), repr(t.text)[1:-1][:20], f"{t.prob:.3f}",
                           repr(t.best)[1:-1][:20] if t.best is not None else "", key=str(i))
         self.editor.set_marks(marks)

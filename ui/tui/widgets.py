@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, LoadingIndicator, Static, TextArea
 from textual.widgets.text_area import Location
@@ -30,6 +31,7 @@ class Mark:
     start: Location
     end: Location
     name: str
+    tip: str | None = None  # shown as a tooltip while the mouse is over the range
 
 
 class CodeEditor(TextArea):
@@ -55,8 +57,22 @@ class CodeEditor(TextArea):
 
     def set_marks(self, marks: Iterable[Mark]) -> None:
         self._marks = list(marks)
+        self.tooltip = None
         self._build_highlight_map()
         self.refresh()
+
+    def mark_at(self, location: Location) -> Mark | None:
+        for mark in self._marks:
+            if mark.tip and mark.start <= location < mark.end:
+                return mark
+        return None
+
+    async def _on_mouse_move(self, event: events.MouseMove) -> None:
+        await super()._on_mouse_move(event)
+        mark = self.mark_at(self.get_target_document_location(event)) if self._marks else None
+        tip = mark.tip if mark else None
+        if tip != self.tooltip:
+            self.tooltip = tip
 
     def clear_marks(self) -> None:
         if self._marks:
