@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.evals.sandbox import Limits, Sandbox, _live_pids_of
+from training.evals.sandbox import Limits, Sandbox, _live_pids_of, _marked_pids
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,8 @@ def test_environment_is_scrubbed_and_cwd_is_fresh(sandbox, monkeypatch):
     d = json.loads(r.stdout)
     assert "REMASK_TEST_SECRET" not in d["env"] and "hunter2" not in r.stdout
     assert set(d["env"]) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
-                             "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "LC_CTYPE"}
+                             "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "LC_CTYPE",
+                             "REMASK_SANDBOX_RUN"}
     assert d["env"]["HOME"] == d["cwd"] and d["files"] == ["main.py"]
     assert not Path(d["cwd"]).exists(), "the working directory is removed after the run"
 
@@ -173,3 +174,7 @@ def test_without_privilege_drop_the_limits_still_apply():
     assert sb.run("while True:\n    pass\n").status == "timeout"
     assert Sandbox(Limits(memory_mb=512), drop_privileges=False).run("x = bytearray(8 * 1024 ** 3)").reason == \
         "MemoryError"
+    # Lingering children that left the process group are found by the run's token and killed.
+    r = Sandbox(Limits(timeout_s=20, max_processes=16), drop_privileges=False).run(FORK_BOMB.replace("500", "5"))
+    assert r.passed and int(r.stdout) == 5 and r.extra["kill_rounds"] >= 1
+    assert not _marked_pids(r.extra["run_token"])

@@ -163,12 +163,13 @@ def _kill_uid(uid: int) -> int:
 def _marked_pids(token: str) -> list[int]:
     """Live processes whose initial environment holds this run's token (forked children inherit it)."""
     needle = f"{MARKER}={token}".encode()
+    me = os.geteuid()
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
         try:
-            if needle in Path(f"/proc/{name}/environ").read_bytes() and \
+            if os.stat(f"/proc/{name}").st_uid == me and needle in Path(f"/proc/{name}/environ").read_bytes() and \
                     Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 out.append(int(name))
         except (OSError, IndexError):
