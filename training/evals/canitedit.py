@@ -38,11 +38,11 @@ def load_problems(data: str | Path | None = None) -> list[dict]:
 
 
 def edit_messages(before: str, instruction: str) -> list[dict[str, str]]:
-    """One user turn: the instruction and the code; the answer is expected in a fenced block."""
-    return [{"role": "user", "content": f"Edit the following Python code as instructed.\n\n"
-                                        f"## Instruction\n{instruction.strip()}\n\n"
-                                        f"## Code\n```python\n{before.rstrip()}\n```\n\n"
-                                        "Answer with the complete edited code in one ```python block."}]
+    """One user turn in the layout our SFT stage trains (``training.sft.instruct_prompt``), the whole
+    program as the region to rewrite; the answer is the new program (a fenced block is also accepted)."""
+    from training.sft import instruct_prompt
+
+    return [{"role": "user", "content": instruct_prompt("python", "", before, "", instruction)}]
 
 
 def extract_code(answer: str) -> str:
