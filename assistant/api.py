@@ -39,7 +39,8 @@ class Span:
 
     start: int
     end: int
-    kind: str  # "hole" | "line" | "expression" | "arguments" | "statement" | "block" | "body" | "function" | "selection"
+    # "hole" | "line" | "expression" | "arguments" | "statement" | "block" | "body" | "function" | "selection"
+    kind: str
     label: str  # for menus: "this statement (lines 3-5)"
     node_type: str | None = None  # the tree-sitter node type, when there is one
 

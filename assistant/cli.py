@@ -240,7 +240,8 @@ def _operate(command: str, args: argparse.Namespace, engine, text: str, language
     if command == "fill":
         if args.line is not None:
             s, e = line_range_to_offsets(text, args.line, args.line)
-            holes = [h for h in engine.holes(text, language) if h.start <= e and h.end >= s]
+            holes = [h for h in engine.holes(text, language)
+                     if (h.start < e and h.end > s) or (h.start == h.end and s <= h.start <= e)]
             if holes:
                 return engine.fill(text, holes[0].start, language=language)
             blank = not text[s:e].strip()

@@ -5,7 +5,9 @@ block-causal mask a masked token sees only earlier blocks, so the suffix has to 
 the middle to see it. The middle is decoded block by block until EOS, so its length is never guessed.
 
 Repair needs what an autoregressive model cannot give cheaply: the probability of every token of a span
-given everything around it. See ``Engine._token_logprobs`` for the one-forward scheme.
+given everything around it, each predicted while masked. ``Engine._token_logprobs`` gets all of them
+exactly from one clean prefill plus one batched forward of B noisy copies; the flagged tokens are then
+re-decoded in place over the same clean keys (``Engine._inpaint``).
 
 Operations never write files; they return ``EditResult`` (edits, new text, unified diff, candidates).
 One model call runs at a time (a lock), so a server may call the engine from several threads.
@@ -110,6 +112,35 @@ def _indent(line: str) -> str:
 
 def _indent_width(s: str) -> int:
     return len(s.expandtabs(4))
+
+
+class _CleanKV:
+    """Duck-typed transformers cache (like ``model.cache.BlockKVCache``, the attention only calls ``update``).
+
+    While ``storing``, a forward keeps its keys and values (the clean prefill); afterwards a forward attends
+    to those plus its own keys and stores nothing, so several noisy rows can share one clean prefix.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.storing = True
+
+    def prepare(self, positions: torch.Tensor, kv_len: int) -> None:  # forward_logits' hook; nothing to do
+        pass
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.storing:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+            return key, value
+        k0, v0 = self.keys[layer_idx], self.values[layer_idx]
+        n = key.shape[0]
+        return (torch.cat([k0.expand(n, -1, -1, -1), key], 2),  # type: ignore[union-attr]
+                torch.cat([v0.expand(n, -1, -1, -1), value], 2))  # type: ignore[union-attr]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        k = self.keys[layer_idx]
+        return 0 if k is None else int(k.shape[2])
 
 
 class Engine:
@@ -253,10 +284,35 @@ class Engine:
         if end <= start:
             raise EngineError("score needs a non-empty span")
         s = settings or self.settings
+        out: list[TokenScore] = []
         with self._lock:
-            prompt, span_ids, offsets, a, _job = self._span_prompt(text, start, end, s)
-            logp, best = self._token_logprobs(prompt.ids + span_ids + [self.eos], a, a + len(span_ids))
-        return self._token_scores(text, span_ids, offsets, logp, best, start, end)
+            # Cost per piece grows with (context + B * piece)^2: pieces of about a quarter of the context.
+            chunk_chars = int(3.5 * max(64, min(384, s.context_tokens // 4)))
+            for cs, ce in self._chunks(text, start, end, chunk_chars):
+                prompt, span_ids, offsets, a, _job = self._span_prompt(text, cs, ce, s)
+                logp, best = self._token_logprobs(prompt.ids + span_ids + [self.eos], a, a + len(span_ids))
+                out += self._token_scores(text, span_ids, offsets, logp, best, cs, ce)
+        return out
+
+    @staticmethod
+    def _chunks(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
+        """``[start, end)`` split at line starts into pieces of about ``size`` characters.
+
+        A long span (a whole file for a heat map) is scored piece by piece, each with its own context, so
+        neither the model's window nor the quadratic scoring forward limits its length.
+        """
+        out = []
+        cur = start
+        while end - cur > size:
+            cut = text.rfind("\n", cur, cur + size)
+            if cut < 0 or cut + 1 >= end:
+                cut = text.find("\n", cur + size, end)
+                if cut < 0 or cut + 1 >= end:
+                    break
+            out.append((cur, cut + 1))
+            cur = cut + 1
+        out.append((cur, end))
+        return out
 
     def repair(self, text: str, start: int, end: int, *, language: str | None = None,
                settings: Settings | None = None, callback=None, cancel=None) -> EditResult:
@@ -280,7 +336,7 @@ class Engine:
         with self._lock:
             prompt, span_ids, offsets, a, job = self._span_prompt(text, start, end, s)
             full = prompt.ids + span_ids + [self.eos]
-            logp, best = self._token_logprobs(full, a, a + len(span_ids))
+            logp, best, clean_kv = self._token_logprobs(full, a, a + len(span_ids), keep_kv=True)
             scores = self._token_scores(text, span_ids, offsets, logp, best, start, end)
             # Only tokens that overlap the user's span may be flagged (the region may add indentation).
             cand_idx = [i for i, (o0, o1) in enumerate(offsets)
@@ -288,20 +344,21 @@ class Engine:
             flagged_idx = self._flag(cand_idx, logp, best, s)
             if not flagged_idx:
                 c = Candidate([], text, "", sum(logp) / max(len(logp), 1), True, True)
-                r = self._result("repair", text, [c], [Span(start, end, "selection", "the span")], parsed, language,
+                r = self._result("repair", text, [c], [self._selection(text, start, end)], parsed, language,
                                  None, prompt)
                 r.stats.update(scored=len(span_ids), flagged=0, elapsed_s=round(time.perf_counter() - t0, 4))
                 return r
             canvas = list(full)
             for i in flagged_idx:
                 canvas[a + i] = self.mask
-            span = Span(start, end, "selection", "the span")
-            new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel)
+            span = self._selection(text, start, end)
+            new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel,
+                                                    clean_kv=clean_kv)
         new_ids = new_full[a: a + len(span_ids)]
         out = self.tok.decode(new_ids)
         by_token = {i: new_lp[i] for i in flagged_idx}
         total = [by_token.get(i, logp[i]) for i in range(len(span_ids))]
-        cand = self._candidate(text, [(job, out)], sum(total) / len(total), parsed, raw=True)
+        cand = self._candidate(text, [(job, out)], sum(total) / len(total), parsed)
         flagged = [scores_by_index for scores_by_index in (self._score_at(scores, offsets, job, i, start, end)
                                                             for i in flagged_idx) if scores_by_index is not None]
         r = self._result("repair", text, [cand], [span], parsed, language, None, prompt)
@@ -344,7 +401,7 @@ class Engine:
         out = self._reindent(job, self._extract_code(reply))
         if hole.whole_lines and out and not out.endswith("\n") and job.original.endswith("\n"):
             out += "\n"
-        cand = self._candidate(text, [(job, out)], res.score(0), parsed, raw=True)
+        cand = self._candidate(text, [(job, out)], res.score(0), parsed)
         return self._result("instruct", text, [cand], [hole.span(text)], parsed, language, res,
                             _Prompt(ids, False), reply=reply)
 
@@ -365,6 +422,10 @@ class Engine:
             raise EngineError(f"range {start}..{end} is outside the text (0..{n})")
 
     @staticmethod
+    def _selection(text: str, start: int, end: int) -> Span:
+        return Hole(start, end, "selection", whole_lines=False, single_line=False).span(text)
+
+    @staticmethod
     def _job(text: str, hole: Hole) -> _Job:
         return _Job(hole, text[: hole.start], text[hole.end:], text[hole.start: hole.end])
 
@@ -382,11 +443,10 @@ class Engine:
                             mode=self.decode_mode or ("ar" if self.cfg.logit_shift else "diffusion"),
                             stop_strings=("\n",) if stop_newline else ())
 
-    def _encode_trim_left(self, text: str, k: int) -> tuple[list[int], bool]:
-        """Ids of the end of ``text`` in at most ``k`` tokens, cut at a line start when one is in reach."""
+    def _encode_trim_left(self, text: str, enc, k: int) -> tuple[list[int], bool]:
+        """Ids of the end of ``text`` (encoded as ``enc``) in at most ``k`` tokens, cut at a line start."""
         if k <= 0:
             return [], bool(text)
-        enc = self.tok.tok.encode(text, add_special_tokens=False)
         if len(enc.ids) <= k:
             return list(enc.ids), False
         cut = enc.offsets[len(enc.ids) - k][0]
@@ -396,11 +456,10 @@ class Engine:
         ids = self.tok.encode(text[cut:])
         return ids[-k:], True
 
-    def _encode_trim_right(self, text: str, k: int) -> tuple[list[int], bool]:
-        """Ids of the start of ``text`` in at most ``k`` tokens, cut at a line end when one is in reach."""
+    def _encode_trim_right(self, text: str, enc, k: int) -> tuple[list[int], bool]:
+        """Ids of the start of ``text`` (encoded as ``enc``) in at most ``k`` tokens, cut at a line end."""
         if k <= 0:
             return [], bool(text)
-        enc = self.tok.tok.encode(text, add_special_tokens=False)
         if len(enc.ids) <= k:
             return list(enc.ids), False
         cut = enc.offsets[k - 1][1]
@@ -409,24 +468,47 @@ class Engine:
             cut = nl + 1
         return self.tok.encode(text[:cut])[:k], True
 
+    # Share of the context budget for the prefix when both sides are long: training/fim.py caps FIM samples
+    # at 400 prefix and 600 suffix tokens, so the model knows that proportion.
+    PREFIX_SHARE = 0.4
+
     def _context(self, prefix: str, suffix: str, budget: int) -> tuple[list[int], list[int], bool]:
-        """Prefix and suffix ids within ``budget`` tokens: 60% for the prefix unless one side is short."""
+        """Prefix and suffix ids within ``budget`` tokens, split 40/60 unless one side is short.
+
+        Cuts fall on line boundaries, so the model never sees half a line at either edge.
+        """
         budget = max(budget, 0)
-        p_len = len(self.tok.encode(prefix))
-        s_len = len(self.tok.encode(suffix))
+        # Tokenize only what can fit: code averages 3-4 characters per token, so a window of 8 characters
+        # per token of budget (cut at a line boundary) keeps the cost independent of the file's size.
+        window = 8 * budget + 64
+        pre_cut = len(prefix) > window
+        if pre_cut:
+            cut = len(prefix) - window
+            nl = prefix.find("\n", cut)
+            prefix = prefix[nl + 1:] if 0 <= nl < len(prefix) - 1 else prefix[cut:]
+        suf_cut = len(suffix) > window
+        if suf_cut:
+            nl = suffix.rfind("\n", 0, window)
+            suffix = suffix[: nl + 1] if nl > 0 else suffix[:window]
+        p_enc = self.tok.tok.encode(prefix, add_special_tokens=False)
+        s_enc = self.tok.tok.encode(suffix, add_special_tokens=False)
+        p_len, s_len = len(p_enc.ids), len(s_enc.ids)
+        # A checkpoint may record the FIM windows it was trained with; never show it more than that.
+        p_len = min(p_len, int(self.cfg.extra.get("fim_prefix_tokens") or p_len))
+        s_len = min(s_len, int(self.cfg.extra.get("fim_suffix_tokens") or s_len))
         if p_len + s_len <= budget:
             kp, ks = p_len, s_len
         else:
-            half = int(budget * 0.6)
-            if s_len <= budget - half:
+            share = int(budget * self.PREFIX_SHARE)
+            if s_len <= budget - share:
                 kp, ks = budget - s_len, s_len
-            elif p_len <= half:
+            elif p_len <= share:
                 kp, ks = p_len, budget - p_len
             else:
-                kp, ks = half, budget - half
-        p_ids, t1 = self._encode_trim_left(prefix, kp)
-        s_ids, t2 = self._encode_trim_right(suffix, ks)
-        return p_ids, s_ids, t1 or t2
+                kp, ks = share, budget - share
+        p_ids, t1 = self._encode_trim_left(prefix, p_enc, kp)
+        s_ids, t2 = self._encode_trim_right(suffix, s_enc, ks)
+        return p_ids, s_ids, t1 or t2 or pre_cut or suf_cut
 
     def _fim_ids(self) -> tuple[int, int, int]:
         if None in (self.fim_prefix, self.fim_suffix, self.fim_middle):
@@ -470,66 +552,61 @@ class Engine:
         return prompt, span_ids, offsets, len(prompt.ids), job
 
     @torch.no_grad()
-    def _token_logprobs(self, ids: list[int], a: int, b: int) -> tuple[list[float], list[tuple[int, float]]]:
+    def _token_logprobs(self, ids: list[int], a: int, b: int, keep_kv: bool = False):
         """log p(token) and (best token, its log p) for positions ``[a, b)`` of ``ids``, each predicted masked.
 
         Block diffusion: a token is scored by masking it and predicting it, conditioned on every earlier
         block and the other tokens of its own block (the conditional a block's last denoising step uses;
         the span's right context reaches it through the suffix-first prompt). Masking one position per
-        block at a time needs B passes; they run as B noisy copies of the span region laid out after
-        the clean sequence, ``[x_0 ; copy_0 ; ... ; copy_{B-1}]``, in a single forward with the BD3
-        training mask (noisy queries see their own block of their own copy and the clean earlier blocks).
-        So every token is scored exactly, in one forward of length L + B * (span region).
+        block at a time needs B passes; they run as B noisy copies of the span region over one clean
+        prefill (the BD3 training layout ``[x_t ; x_0]``): the clean sequence is forwarded once under the
+        block-causal mask and its keys kept; then the copies, one per batch row, each with a different
+        position of every block masked, attend to the clean keys of earlier blocks and to their own block.
+        Every token is scored exactly, in two forwards, at the cost of L + B * (span) tokens.
 
+        Returns ``(logp, best)``, plus the clean keys with ``keep_kv`` (repair reuses them as its prefill).
         Autoregressive checkpoints: one causal forward, log p(token | everything before it).
         """
         L = len(ids)
         x0 = torch.tensor(ids, dtype=torch.long)
+        dev = self.device
+        kv = None
         if self.cfg.logit_shift:
             pos = torch.arange(L)
             allowed = pos[None, :] <= pos[:, None]
-            logits = forward_logits(self.model, x0[None].to(self.device), pos[None].to(self.device),
-                                    allowed[None].to(self.device), keep=slice(a - 1, b - 1)).float()[0]
-            targets = x0[a:b]
+            logits = forward_logits(self.model, x0[None].to(dev), pos[None].to(dev), allowed[None].to(dev),
+                                    keep=slice(a - 1, b - 1)).float()[0]
         else:
             B = self.cfg.block_size
             s0 = (a // B) * B
+            pos = torch.arange(L)
+            kv = _CleanKV(self.cfg.num_hidden_layers)
+            allowed = pos[None, :] // B <= pos[:, None] // B
+            forward_logits(self.model, x0[None].to(dev), pos[None].to(dev), allowed[None].to(dev), cache=kv,
+                           keep=slice(0, 0))
+            kv.storing = False
             region = torch.arange(s0, L)
             copies = sorted({p % B for p in range(a, b)})
-            parts_ids, parts_pos, parts_blk, parts_copy = [x0], [torch.arange(L)], [torch.arange(L) // B], \
-                [torch.full((L,), -1)]
-            keep = []
-            offset = L
-            for c in copies:
-                noisy = x0[s0:L].clone()
-                sel = (region >= a) & (region < b) & (region % B == c)
-                noisy[sel] = self.mask
-                parts_ids.append(noisy)
-                parts_pos.append(region)
-                parts_blk.append(region // B)
-                parts_copy.append(torch.full((L - s0,), c))
-                keep += [(offset + int(i), int(region[i])) for i in sel.nonzero().flatten()]
-                offset += L - s0
-            inp = torch.cat(parts_ids)
-            pos = torch.cat(parts_pos)
-            blk = torch.cat(parts_blk)
-            cp = torch.cat(parts_copy)
-            clean = cp < 0
-            # clean query -> clean key of a block <= its own; noisy query -> clean key of an earlier block,
-            # or a noisy key of its own copy and block.
-            allowed = (clean[None, :] & clean[:, None] & (blk[None, :] <= blk[:, None])) | \
-                      (~clean[:, None] & clean[None, :] & (blk[None, :] < blk[:, None])) | \
-                      (~clean[:, None] & (cp[None, :] == cp[:, None]) & (blk[None, :] == blk[:, None]))
-            keep.sort(key=lambda t: t[1])
-            idx = torch.tensor([k for k, _ in keep], dtype=torch.long)
-            logits = forward_logits(self.model, inp[None].to(self.device), pos[None].to(self.device),
-                                    allowed[None].to(self.device), keep=idx.to(self.device)).float()[0]
-            targets = x0[a:b]
+            rows = x0[s0:L].repeat(len(copies), 1)
+            for r, c in enumerate(copies):
+                rows[r, (region >= a) & (region < b) & (region % B == c)] = self.mask
+            blk = region // B
+            to_clean = pos[None, :] < (blk * B)[:, None]  # [m, L]: clean keys of earlier blocks
+            to_own = blk[None, :] == blk[:, None]  # [m, m]: its own block of its own copy
+            mask = torch.cat([to_clean, to_own], 1)[None].expand(len(copies), -1, -1)
+            h = self.model.model(input_ids=rows.to(dev), position_ids=region.expand(len(copies), -1).to(dev),
+                                 attention_mask=mask[:, None].to(dev), past_key_values=kv,
+                                 use_cache=True).last_hidden_state
+            targets = torch.arange(a, b)
+            row_of = torch.tensor([copies.index(int(p) % B) for p in targets])
+            logits = self.model.lm_head(h[row_of.to(dev), (targets - s0).to(dev)]).float()
+        targets_ids = x0[a:b]
         logits[:, self.mask] = float("-inf")
         lp = torch.log_softmax(logits.double(), -1)
-        got = lp.gather(-1, targets[:, None].to(lp.device))[:, 0]
+        got = lp.gather(-1, targets_ids[:, None].to(lp.device))[:, 0]
         best = lp.max(-1)
-        return got.tolist(), list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+        out = got.tolist(), list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+        return (*out, kv) if keep_kv else out
 
     def _token_scores(self, text, span_ids, offsets, logp, best, start, end) -> list[TokenScore]:
         """TokenScores (absolute offsets) for the span tokens that overlap ``[start, end)``."""
@@ -570,12 +647,14 @@ class Engine:
 
     @torch.no_grad()
     def _inpaint(self, canvas: list[int], a: int, b: int, s: Settings, spans: list[Span],
-                 callback, cancel) -> tuple[list[int], dict[int, float], dict]:
+                 callback, cancel, clean_kv: _CleanKV | None = None) -> tuple[list[int], dict[int, float], dict]:
         """Decode the masked positions of ``canvas`` in place, block by block, with a KV cache.
 
         Clean blocks before the next masked block are prefilled in one forward; each masked block takes
         denoising steps over the cache (same commit rule as the decoder: a confidence threshold, always the
         top-1, or a fixed number of steps), then is re-forwarded clean with the next prefill.
+        ``clean_kv``: the scoring pass's keys of the same tokens; everything before the first masked block
+        is taken from it instead of being forwarded again.
         """
         from model.decoder import _confidence, _fixed_schedule, _pick
 
@@ -589,6 +668,13 @@ class Engine:
         cache = BlockKVCache(self.cfg.num_hidden_layers, 1, cap)
         gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
         done = 0  # positions [0, done) hold final keys in the cache
+        if clean_kv is not None and clean_kv.keys[0] is not None and B == self.cfg.block_size and blocks:
+            done = min(blocks[0] * B, int(clean_kv.keys[0].shape[2]))
+            for i, (k, v) in enumerate(zip(clean_kv.keys, clean_kv.values, strict=True)):
+                cache.keys[i] = k.new_zeros(1, k.shape[1], cap, k.shape[3])
+                cache.values[i] = v.new_zeros(1, v.shape[1], cap, v.shape[3])
+                cache.keys[i][:, :, :done] = k[:, :, :done]
+                cache.values[i][:, :, :done] = v[:, :, :done]
         nfe = steps = 0
         new_lp: dict[int, float] = {}
         t0 = time.perf_counter()
@@ -725,13 +811,17 @@ class Engine:
             while lines and not lines[-1]:
                 lines.pop()
             suffix_lines = [ln.rstrip() for ln in job.suffix.replace("\r\n", "\n").split("\n")]
+            while suffix_lines and not suffix_lines[0]:  # blank lines between don't hide a repeat
+                suffix_lines.pop(0)
             for k in range(min(len(lines), len(suffix_lines)), 0, -1):
                 if lines[-k:] == suffix_lines[:k] and any(x.strip() for x in lines[-k:]):
                     lines = lines[:-k]
+                    while lines and not lines[-1]:
+                        lines.pop()
                     break
             out = "".join(ln + "\n" for ln in lines)
-            if not job.original.endswith("\n") and not job.suffix:
-                out = out.rstrip("\n")
+            if not job.suffix and job.original and not job.original.endswith("\n"):
+                out = out.rstrip("\n")  # the file's last line had no line break: neither has its replacement
         else:
             rest = job.suffix.split("\n", 1)[0].rstrip("\r")
             if h.single_line:
@@ -788,8 +878,7 @@ class Engine:
         ref = _indent_width(_indent(job.prefix[line_start:]))
         return all(_indent_width(_indent(ln)) >= ref for ln in lines[1:])
 
-    def _candidate(self, text: str, outs: list[tuple[_Job, str]], score: float, parsed: Parsed,
-                   raw: bool = False) -> Candidate:
+    def _candidate(self, text: str, outs: list[tuple[_Job, str]], score: float, parsed: Parsed) -> Candidate:
         edits = []
         for job, out in outs:
             e = _minimal_edit(job.hole.start, job.original, out)

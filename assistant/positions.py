@@ -167,3 +167,28 @@ def line_range_to_offsets(text: str, first: int, last: int) -> tuple[int, int]:
     if last > n:
         raise EngineError(f"line range {first}:{last} is outside the file ({n} line{'s' if n != 1 else ''})")
     return starts[first - 1], _line_end(text, starts, last - 1)
+
+
+class LineIndex:
+    """Line starts of one text, computed once: for converting many positions of the same document."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = line_starts(text)
+
+    def offset_to_position(self, offset: int, encoding: str = "utf-16") -> tuple[int, int]:
+        _check_offset(self.text, offset)
+        line = bisect.bisect_right(self.starts, offset) - 1
+        return line, units(self.text[self.starts[line]: offset], encoding)
+
+    def position_to_offset(self, line: int, character: int, encoding: str = "utf-16", clamp: bool = False) -> int:
+        if 0 <= line < len(self.starts):
+            start = self.starts[line]
+            end = _line_end(self.text, self.starts, line)
+            # Convert within the line only: the same rules as the module function, on a one-line text.
+            try:
+                return start + position_to_offset(self.text[start:end], 0, character, encoding, clamp=clamp)
+            except EngineError as e:
+                raise EngineError(f"position ({line}, {character}): {e}".replace("line 1 ", f"line {line + 1} ")) \
+                    from None
+        return position_to_offset(self.text, line, character, encoding, clamp=clamp)

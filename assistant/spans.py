@@ -197,6 +197,13 @@ class Hole:
     node_type: str | None = None
     indent: str | None = None  # whole-line holes: the indentation the new lines should start at, when known
 
+    def covers(self, offset: int) -> bool:
+        """Is a cursor at ``offset`` in this hole? A whole-line region ends at the next line's start, which
+        belongs to that next line; a cursor just after an inline marker still means the marker."""
+        if self.start == self.end:
+            return offset == self.start
+        return self.start <= offset < self.end or (offset == self.end and not self.whole_lines)
+
     def span(self, text: str) -> Span:
         first = text.count("\n", 0, self.start) + 1
         last = text.count("\n", 0, max(self.start, self.end - 1)) + 1
@@ -313,8 +320,8 @@ def _tree_holes(parsed: Parsed) -> list[Hole]:
                 target = stmts[0]
             elif not stmts and doc is not None:  # docstring only: write the body after it
                 _, _, nxt = _line_bounds(text, parsed.char_range(doc)[1])
-                if parsed.char_range(doc)[1] >= len(text.rstrip()) or nxt <= parsed.char_range(doc)[1]:
-                    continue
+                if nxt <= parsed.char_range(doc)[1] or text[parsed.char_range(doc)[1]:nxt].strip():
+                    continue  # no line break after the docstring to write below
                 out.append(Hole(nxt, nxt, "docstring", whole_lines=True, single_line=False, node_type=body.type,
                                 indent=_indent_of(text[_line_bounds(text, parsed.char_range(doc)[0])[0]:])))
                 continue
@@ -366,7 +373,7 @@ def hole_at(text: str, start: int, end: int | None, language: str | None = None,
     """The hole to fill for a cursor or selection: a hole under it, else the selection or the cursor."""
     end = start if end is None else end
     for h in find_holes(text, language, parsed):
-        if h.start <= start <= h.end and (end <= h.end or end == start):
+        if h.covers(start) and (end <= h.end or end == start):
             return h
     if end > start:
         region = whole_line_region(text, start, end)
@@ -482,7 +489,7 @@ def spans_at(text: str, start: int, end: int | None = None, language: str | None
         choices.append(Span(s, e, kind, label or _label(text, kind, s, e, node_type), node_type))
 
     for h in find_holes(text, parsed.language, parsed):
-        if h.start <= start <= h.end and end <= max(h.end, start):
+        if h.covers(start) and end <= max(h.end, start):
             choices.append(h.span(text))
             break
     if end > start:

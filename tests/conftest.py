@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from model.testing import make_test_checkpoint
+# The models in tests are tiny: one thread is faster than two fighting over a shared 2-core machine, and
+# subprocesses (the language server) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from model.testing import make_test_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

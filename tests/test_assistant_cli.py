@@ -147,3 +147,12 @@ def test_missing_default_model_is_a_clear_error(src, capsys):
     rc = main(["fill", str(src)])
     _, err = capsys.readouterr()
     assert rc == 2 and "cannot load the model" in err and "--model" in err
+
+
+def test_line_picks_the_hole_on_that_line_only(src, test_model_dir, capsys):
+    # Line 4 is blank: the pass hole of line 3 ends where line 4 starts, but it is not on line 4.
+    rc, out, _ = _run(["fill", str(src), "--line", "4", "--json"], test_model_dir, capsys)
+    rec = json.loads(out)
+    assert rc == 0 and rec["spans"][0]["start"]["line"] == 3 and rec["spans"][0]["label"].startswith("insertion")
+    rc, out, _ = _run(["fill", str(src), "--line", "3", "--json"], test_model_dir, capsys)
+    assert json.loads(out)["spans"][0]["label"] == "placeholder body (line 3)"

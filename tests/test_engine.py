@@ -275,6 +275,12 @@ def test_finish_cuts_the_way_the_task_is_defined(engine):
                  "def f():\n", "\ndef g():\n    pass\n", "    pass\n")
     assert engine._finish(lines, "    return 1  \n    \n") == "    return 1\n"
     assert engine._finish(lines, "    return 1\n\ndef g():\n    pass\n") == "    return 1\n"  # no repeated suffix
+    assert engine._finish(lines, "    return 1\ndef g():\n") == "    return 1\n"
+    at_eof = _Job(Hole(30, 30, "docstring", whole_lines=True, single_line=False, indent="    "),
+                  'def f():\n    """Doc."""\n', "", "")
+    assert engine._finish(at_eof, "    return 1") == "    return 1\n"
+    last_line = _Job(Hole(9, 17, "selection", whole_lines=True, single_line=True), "def f():\n", "", "    pass")
+    assert engine._finish(last_line, "    return 1\n") == "    return 1"
 
 
 def test_indentation_check(engine):
@@ -298,8 +304,8 @@ def test_repair_flags_a_corrupted_token_with_the_default_model():
     start, end = bad.index("for i"), bad.index("print(i)") + 8
     res = e.repair(bad, start, end, language="python", settings=Settings(repair_threshold=0.05))
     where = bad.index("rangx")
-    assert any(f.start <= where + 4 < max(f.end, f.start + 1) or where <= f.start < where + 5 for f in res.flagged)
-    assert "range(10)" in res.new_text
+    assert any(f.start < where + 5 and where < f.end for f in res.flagged), res.flagged
+    assert res.new_text[where:where + 5] != "rangx"  # the flagged token was rewritten
 
 
 def test_flagging_rules():
@@ -342,6 +348,10 @@ def test_inpaint_matches_uncached_reference(engine, threshold):
         canvas[a + i] = engine.mask
     s = Settings(threshold=threshold, seed=0)
     got, _lp, stats = engine._inpaint(list(canvas), a, a + len(span_ids), s, [], None, None)
+    # Starting from the scoring pass's clean keys (as repair does) changes nothing but the work.
+    _lp2, _best, kv = engine._token_logprobs(prompt.ids + span_ids + [engine.eos], a, a + len(span_ids), keep_kv=True)
+    got2, _lp3, stats2 = engine._inpaint(list(canvas), a, a + len(span_ids), s, [], None, None, clean_kv=kv)
+    assert got2 == got and stats2["nfe"] == stats["nfe"] - 1  # one prefill fewer
     B = engine.cfg.block_size
     x = torch.tensor(canvas)
     steps = 0
@@ -391,3 +401,50 @@ def test_loading_the_missing_default_model_is_a_clear_error():
     with pytest.raises(EngineError, match="default model") as info:
         Engine.load(None)
     assert isinstance(info.value, CheckpointError)  # callers catching either kind see it
+
+
+def test_offsets_are_characters_with_non_ascii_text(engine):
+    text = 's = "😀 漢字"\n\n\ndef f():\n    return <FILL>\n'
+    off = text.index("<FILL>")
+    res = engine.fill(text, off, language="python", settings=FAST)
+    assert (res.spans[0].start, res.spans[0].end) == (off, off + 6)
+    assert res.new_text.startswith(text[:off]) and res.new_text.endswith("\n")
+    scores = engine.score(text, 0, text.index("\n"))
+    assert "".join(t.text for t in scores) == text[: text.index("\n")] or any("\ufffd" in t.text for t in scores)
+    assert scores[0].start == 0 and scores[-1].end == text.index("\n")
+
+
+def test_score_of_a_long_span_goes_piece_by_piece(engine):
+    text = "".join(f"value_{i} = compute({i}, 'x')\n" for i in range(160))  # ~2.3k tokens: > the context
+    scores = engine.score(text, 3, len(text) - 2, settings=Settings(context_tokens=128))
+    assert Engine._chunks(text, 3, len(text) - 2, 224)[1][0] == text.index("\n", 200) + 1
+    assert "".join(t.text for t in scores) == text[3: len(text) - 2]
+    assert [t.start for t in scores] == sorted(t.start for t in scores)
+    assert all(0 < t.prob <= 1 for t in scores)
+
+
+def test_crlf_files_keep_crlf(engine):
+    text = PY.replace("\n", "\r\n")
+    res = engine.fill_all(text, language="python", settings=FAST)
+    assert "\n" not in res.new_text.replace("\r\n", "")
+    assert res.new_text.count("\r\n") >= text.count("\r\n") - 3
+
+
+def test_fim_windows_recorded_in_the_checkpoint_cap_the_context(engine, monkeypatch):
+    monkeypatch.setitem(engine.cfg.extra, "fim_prefix_tokens", 12)
+    monkeypatch.setitem(engine.cfg.extra, "fim_suffix_tokens", 20)
+    p = engine._fim_prompt(PY[:150], PY[150:], FAST)
+    _, fs, fm = engine.fim_prefix, engine.fim_suffix, engine.fim_middle
+    ids = p.ids
+    suffix_part = ids[ids.index(fs) + 1: ids.index(engine.fim_prefix)]
+    prefix_part = ids[ids.index(engine.fim_prefix) + 1: ids.index(fm)]
+    assert len(prefix_part) <= 12 and len(suffix_part) <= 20 and p.trimmed
+    assert PY[:150].endswith(engine.tok.decode(prefix_part))  # the end of the prefix is what is kept
+
+
+def test_random_preset_gets_a_tokenizer_and_unknown_presets_are_clear():
+    e = Engine.load("random:test", settings=FAST)
+    assert "RANDOMLY INITIALISED" in e.info["description"] and e.tok.fim_ids[0] is not None
+    assert e.fill(PY, PY.index("<FILL>")).op == "fill"
+    with pytest.raises(EngineError, match="unknown preset"):
+        Engine.load("random:nope")

@@ -6,6 +6,7 @@ import pytest
 
 from assistant.api import EngineError
 from assistant.positions import (
+    LineIndex,
     OffsetMap,
     byte_to_char,
     char_to_byte,
@@ -94,3 +95,16 @@ def test_line_ranges_are_one_based_inclusive():
         line_range_to_offsets(text, 2, 4)
     with pytest.raises(EngineError, match="1-based"):
         line_range_to_offsets(text, 0, 1)
+
+
+def test_line_index_agrees_with_the_functions():
+    idx = LineIndex(TEXT)
+    for enc in ("utf-16", "utf-8"):
+        for off in range(len(TEXT) + 1):
+            pos = offset_to_position(TEXT, off, enc)
+            assert idx.offset_to_position(off, enc) == pos
+            if TEXT[off - 1: off + 1] != "\r\n":
+                assert idx.position_to_offset(*pos, enc) == off
+    with pytest.raises(EngineError):
+        idx.position_to_offset(0, 99)
+    assert idx.position_to_offset(0, 99, clamp=True) == TEXT.index("\n")

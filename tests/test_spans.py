@@ -363,3 +363,19 @@ def test_language_names():
     assert language_for("a/b.py") == "python" and language_for("x.tsx") == "tsx" and language_for("m.hpp") == "cpp"
     assert language_for("README") is None and language_for(None) is None
     assert normalize_language("typescriptreact") == "tsx" and normalize_language("cobol") is None
+
+
+def test_a_cursor_on_the_line_after_a_whole_line_hole_is_not_in_it():
+    src = "def f():\n    pass\nx = 1\n"
+    after = src.index("x = 1")
+    assert hole_at(src, after, None, "python").what == "cursor"
+    assert hole_at(src, src.index("pass"), None, "python").what == "placeholder"
+    inline = "y = <FILL>\n"
+    assert hole_at(inline, inline.index("\n"), None, None).what == "marker"  # just after the marker
+
+
+def test_a_docstring_at_the_end_of_the_file_is_a_hole():
+    src = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    (h,) = find_holes(src, "python")
+    assert (h.what, h.start, h.end, h.indent) == ("docstring", len(src), len(src), "    ")
+    assert find_holes(src.rstrip("\n"), "python") == []
