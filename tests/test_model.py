@@ -98,13 +98,25 @@ def model64():
     return build_model(preset("test"), dtype=torch.float64, seed=1)
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("threshold", [None, 0.9, 0.02])
 @pytest.mark.parametrize("plen", [1, 3, 4, 9])
-def test_cached_equals_uncached(model64, threshold, plen) -> None:
+def test_cached_equals_uncached(model64, threshold, plen, fuse) -> None:
     rng = random.Random(plen)
     prompt = [rng.randrange(10, 1000) for _ in range(plen)]
-    cfg = DecodeConfig(max_new_tokens=11, threshold=threshold)
+    cfg = DecodeConfig(max_new_tokens=11, threshold=threshold, fuse_commit=fuse)
     assert generate(model64, [prompt], cfg).tokens[0] == reference_generate(model64, prompt, cfg)
+
+
+def test_fused_commit_saves_one_forward_per_block(model64) -> None:
+    prompt = [40, 41, 42, 43, 44]
+    plain = generate(model64, [prompt], DecodeConfig(max_new_tokens=16, threshold=None, stop_at_eos=False,
+                                                     fuse_commit=False))
+    fused = generate(model64, [prompt], DecodeConfig(max_new_tokens=16, threshold=None, stop_at_eos=False,
+                                                     fuse_commit=True))
+    assert fused.tokens == plain.tokens
+    blocks_committed = (5 + 16) // 4 - 1  # blocks finished before the last one
+    assert plain.nfe - fused.nfe == blocks_committed
 
 
 def test_cached_equals_uncached_sampling_and_steps(model64) -> None:
@@ -150,10 +162,12 @@ def test_high_confidence_commits_many_per_step() -> None:
             return out
 
     m.lm_head = Head()
-    res = generate(m, [[7, 8, 9, 10]], DecodeConfig(max_new_tokens=16, threshold=0.9))
+    res = generate(m, [[7, 8, 9, 10]], DecodeConfig(max_new_tokens=16, threshold=0.9, fuse_commit=False))
     assert res.tokens[0] == [42] * 16
     # 4 blocks: one denoising forward each, plus 3 commit forwards, plus the prompt prefill.
     assert res.nfe == 1 + 4 + 3
+    fused = generate(m, [[7, 8, 9, 10]], DecodeConfig(max_new_tokens=16, threshold=0.9))
+    assert fused.tokens == res.tokens and fused.nfe == 1 + 4  # commits ride along with the next block's step
 
 
 def test_eos_in_prompt_does_not_stop(model64) -> None:
@@ -184,6 +198,7 @@ def test_batch_equals_per_row(model64) -> None:
     rng = random.Random(0)
     prompts = [[rng.randrange(10, 1000) for _ in range(n)] for n in (1, 5, 6, 11, 4)]
     for cfg in (DecodeConfig(max_new_tokens=9, threshold=0.3), DecodeConfig(max_new_tokens=9, threshold=None),
+                DecodeConfig(max_new_tokens=9, threshold=0.3, fuse_commit=True),
                 DecodeConfig(max_new_tokens=9, mode="ar")):
         batch = generate(model64, prompts, cfg)
         for i, p in enumerate(prompts):
