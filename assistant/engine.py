@@ -810,6 +810,13 @@ class Engine:
             lines = [ln.rstrip() for ln in out.split("\n")]
             while lines and not lines[-1]:
                 lines.pop()
+            # A region written shallower than the lines it replaces would break out of its block: shift it in.
+            want = _indent(job.original.split("\n", 1)[0]) if job.original.strip() else ""
+            first = next((ln for ln in lines if ln.strip()), None)
+            if first is not None and _indent_width(_indent(first)) < _indent_width(want):
+                have = _indent(first)
+                pad = want[len(have):] if want.startswith(have) else want
+                lines = [pad + ln if ln.strip() else ln for ln in lines]
             suffix_lines = [ln.rstrip() for ln in job.suffix.replace("\r\n", "\n").split("\n")]
             while suffix_lines and not suffix_lines[0]:  # blank lines between don't hide a repeat
                 suffix_lines.pop(0)

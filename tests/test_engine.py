@@ -75,6 +75,17 @@ def test_fill_placeholder_body_writes_whole_lines(engine):
     assert res.new_text.endswith(PY[region.end:])
 
 
+def test_whole_line_fill_keeps_the_block_indentation(engine):
+    """Output written at column 0 (as an untrained model does) is shifted into the hole's block."""
+    text = "def f(x):\n    if x:\n        pass\n    return x\n"
+    res = engine.fill(text, text.index("pass"), language="python")
+    new_lines = res.new_text.split("\n")
+    assert new_lines[0] == "def f(x):" and new_lines[1] == "    if x:"
+    body = [ln for ln in new_lines[2:-2] if ln.strip()]
+    assert body and all(ln.startswith("        ") for ln in body)
+    assert res.new_text.endswith("    return x\n")
+
+
 def test_fill_all_equals_hole_by_hole(engine):
     """Every hole in one batched decode gives what filling each hole alone gives (greedy, fixed seed)."""
     holes = engine.holes(PY, "python")
