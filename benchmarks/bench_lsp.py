@@ -188,13 +188,20 @@ async def bench(model: str, device: str, repeats: int, warmup: int, options: dic
         "Repair suspicious tokens": lambda: engine.repair(SAMPLE, r0, r1, language="python", settings=s),
         "Fill all holes in file": lambda: engine.fill_all(SAMPLE, language="python", settings=s),
     }
+    def ghost_text(on: bool) -> None:
+        # this client advertises inline completion, so the fallback only answers with ghost text switched off
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"remask": {"features": {"inlineCompletion": on}}}))
+
     # a warm-up round over everything first: the first decodes of each shape are much slower
-    for _ in range(2):
+    for _ in range(1 if warmup else 0):
         for name, lsp_fn in lsp_calls.items():
+            ghost_text(name != "completion (fallback)")
             await lsp_fn()
             engine_calls[name]()
     rows = []
     for name, lsp_fn in lsp_calls.items():
+        ghost_text(name != "completion (fallback)")
         # interleaved, so both sides see the same machine load
         lsp_t: list[float] = []
         eng_t: list[float] = []
@@ -205,6 +212,8 @@ async def bench(model: str, device: str, repeats: int, warmup: int, options: dic
                 lsp_t += a
                 eng_t += b
         rows.append((name, lsp_t, eng_t))
+        print(f"  {name}: LSP p50 {pct(lsp_t, .5):.1f} ms, engine p50 {pct(eng_t, .5):.1f} ms", file=sys.stderr,
+              flush=True)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()

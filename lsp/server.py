@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,23 +46,21 @@ from pygls.exceptions import (
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from assistant.api import Cancelled, CancelToken, EngineError, EngineStep, InstructModelRequired
+from assistant.api import Cancelled, CancelToken, EngineError, EngineStep
 
+from .actions import range_json, run_command
+from .common import CMD_APPLY, CMD_INSTRUCT, MAX_CONTEXT_CHARS, REQUEST_FAILED, failed, guarded, jsonable
 from .config import SECTION, ConfigError, ServerConfig
+from .diagnostics import schedule_diagnostics
+from .progress import Progress
 from .textutil import LineIndex, PositionError, clean_insertion, detect_indent, window
+
+__all__ = ["REQUEST_FAILED", "RemaskServer", "add_arguments", "build_server", "guarded", "main", "parse_tcp", "run"]
 
 log = logging.getLogger("remask.lsp")
 
-REQUEST_FAILED = -32803  # LSP "RequestFailed": well-formed, but could not be done (e.g. the model is loading)
-CMD_APPLY = "remask.apply"
-CMD_INSTRUCT = "remask.editWithInstruction"
 STATUS_METHOD = "remask/status"
-MAX_CONTEXT_CHARS = 64_000  # cut huge files to a window around the cursor before the engine sees them
 MAX_HOLE_SCAN_CHARS = 2_000_000  # "Fill all holes" is offered for files up to this size
-MAX_DIAGNOSTICS = 200
-OPS = ("fill", "regenerate", "repair", "fillAll", "instruct")
-PRESET_INSTRUCTIONS = ("Add type hints", "Add a docstring", "Simplify this code", "Add error handling",
-                       "Rename variables to be more descriptive")
 _LANGUAGE_IDS = {"python": "python", "javascript": "javascript", "javascriptreact": "javascript",
                  "typescript": "typescript", "typescriptreact": "tsx", "rust": "rust", "go": "go",
                  "java": "java", "c": "c", "cpp": "cpp"}
@@ -74,11 +71,6 @@ try:
     __version__ = _pkg_version("remask")
 except Exception:  # not installed: running from a checkout
     __version__ = "0.1.0"
-
-
-def failed(message: str) -> JsonRpcException:
-    """An error answer the editor shows as it is."""
-    return JsonRpcException(message=message, code=REQUEST_FAILED)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,61 +118,6 @@ def _describe_structure_error(exc: BaseException) -> str:
 # progress
 
 
-class _Progress:
-    """``$/progress`` for one operation: the client's token if it sent one, else a server-created token.
-
-    Reports from the worker thread are marshalled onto the event loop and rate-limited.
-    """
-
-    def __init__(self, ls: RemaskServer, title: str, token: T.ProgressToken | None, cancel: CancelToken,
-                 total: int | None = None) -> None:
-        self.ls, self.title, self.token, self.cancel, self.total = ls, title, token, cancel, total
-        self.active = False
-        self.committed = 0
-        self._last = 0.0
-
-    async def begin(self) -> None:
-        ls = self.ls
-        if self.token is None:
-            if not ls.client_supports("window.work_done_progress"):
-                return
-            self.token = f"remask-{uuid.uuid4().hex[:12]}"
-            try:
-                await asyncio.wait_for(ls.work_done_progress.create_async(self.token), 5.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.token = None
-                return
-        ls.work_done_progress.begin(self.token, T.WorkDoneProgressBegin(
-            title=self.title, cancellable=True, percentage=0 if self.total else None))
-        fut = ls.work_done_progress.tokens.get(self.token)
-        if fut is not None:  # the user pressed "cancel" on the progress bar
-            fut.add_done_callback(lambda f: f.cancelled() and self.cancel.cancel())
-        self.active = True
-
-    def step(self, ev: EngineStep) -> None:
-        """Called on the worker thread."""
-        self.committed += ev.committed
-        now = time.monotonic()
-        if not self.active or now - self._last < 0.1:
-            return
-        self._last = now
-        msg = f"step {ev.step}, {self.committed} tokens"
-        pct = min(99, int(100 * self.committed / self.total)) if self.total else None
-        self.ls.call_in_loop(self._report, msg, pct)
-
-    def _report(self, msg: str, pct: int | None) -> None:
-        if self.active and self.token is not None:
-            self.ls.work_done_progress.report(self.token, T.WorkDoneProgressReport(message=msg, percentage=pct))
-
-    def end(self, message: str) -> None:
-        if self.active and self.token is not None:
-            self.active = False
-            self.ls.work_done_progress.end(self.token, T.WorkDoneProgressEnd(message=message))
-            self.ls.work_done_progress.tokens.pop(self.token, None)
-
-
 @dataclasses.dataclass(eq=False)
 class _InlineJob:
     task: asyncio.Task | None
@@ -207,8 +144,10 @@ class RemaskServer(LanguageServer):
         self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="remask-parse")
         self._tokens: set[CancelToken] = set()
         self._inline: dict[str, _InlineJob] = {}
+        self.doc_jobs: dict[str, set[CancelToken]] = {}  # uri -> code-action jobs computing against it
         self._diag_tasks: dict[str, asyncio.Task] = {}
-        self._diag_hint: dict[str, int] = {}  # uri -> offset of the last change
+        self._diag_hint: dict[str, int] = {}  # uri -> line of the last change (diagnostics look around it)
+        self._holes: dict[str, tuple[int | None, list]] = {}  # uri -> (version, holes): one scan per version
         self._indexes: dict[str, tuple[int | None, str, LineIndex]] = {}
         self._load_task: asyncio.Task | None = None
         self._notice_shown = False
@@ -317,7 +256,7 @@ class RemaskServer(LanguageServer):
 
     async def _load(self, key: tuple[str | None, str]) -> None:
         model, device = key
-        progress = _Progress(self, "remask: loading model", None, CancelToken())
+        progress = Progress(self, "remask: loading model", None, CancelToken(), cancellable=False)
         await progress.begin()
         t0 = time.monotonic()
         try:
@@ -374,7 +313,7 @@ class RemaskServer(LanguageServer):
                       cancel: CancelToken | None = None, total: int | None = None) -> Any:
         """Run ``fn(cancel, callback)`` on the model thread; cancelling the awaiting task stops it between steps."""
         cancel = cancel or CancelToken()
-        reporter = _Progress(self, title, token, cancel, total)
+        reporter = Progress(self, title, token, cancel, total)
         loop = asyncio.get_running_loop()
 
         def work(c: CancelToken, cb: Callable[[EngineStep], None]) -> Any:
@@ -438,7 +377,7 @@ class RemaskServer(LanguageServer):
             self._load_task.cancel()
 
     def schedule_diagnostics(self, uri: str) -> None:
-        _schedule_diagnostics(self, uri)
+        schedule_diagnostics(self, uri)
 
     def apply_settings(self, raw: Any) -> None:
         _apply_settings(self, raw)
@@ -492,6 +431,10 @@ class RemaskServer(LanguageServer):
             if job.superseded:
                 return None
             raise
+        except EngineError as e:
+            # as-you-type: an error dialog per keystroke helps nobody; log it and show nothing
+            self.log(f"no suggestion for {doc.uri}: {e}", T.MessageType.Warning)
+            return None
         finally:
             if self._inline.get(doc.uri) is job:
                 del self._inline[doc.uri]
@@ -499,7 +442,8 @@ class RemaskServer(LanguageServer):
             return None  # typed on while we worked; the client asks again
         return res, idx, offset, text, base
 
-    def insertion(self, res: Any, text: str, offset: int, base: int) -> tuple[str, int] | None:
+    @staticmethod
+    def insertion(res: Any, text: str, offset: int, base: int) -> tuple[str, int] | None:
         """(ghost text, end of the replaced range) from a fill result, or None."""
         edits = sorted(((e.start + base, e.end + base, e.new_text) for e in res.edits), key=lambda e: e[0])
         best = None
@@ -554,32 +498,6 @@ def _load_engine(model: str | None, device: str, settings: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 # handlers
 
-server = None  # set by build_server; module-level for `python -m lsp.server`
-
-
-def guarded(fn: Callable) -> Callable:
-    """Turn bad input into LSP errors and unexpected exceptions into logged internal errors."""
-
-    @functools.wraps(fn)
-    async def wrapper(ls: RemaskServer, params: Any) -> Any:
-        try:
-            return await fn(ls, params)
-        except asyncio.CancelledError:
-            raise
-        except JsonRpcException as e:
-            if e.code != JsonRpcRequestCancelled.CODE:
-                ls.log(f"{fn.__name__}: {e.message}", T.MessageType.Warning)
-            raise
-        except (EngineError, ConfigError) as e:
-            ls.log(f"{fn.__name__}: {e}", T.MessageType.Warning)
-            raise failed(f"remask: {e}") from None
-        except Exception as e:
-            ls.log(f"internal error in {fn.__name__}: {e}\n{traceback.format_exc()}", T.MessageType.Error)
-            raise JsonRpcInternalError(f"remask: internal error in {fn.__name__}: {type(e).__name__}: {e}") from None
-
-    return wrapper
-
-
 def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) -> RemaskServer:
     ls = RemaskServer(config, load_delay)
 
@@ -623,7 +541,9 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
     @guarded
     async def completion(ls: RemaskServer, params: T.CompletionParams) -> T.CompletionList:
         empty = T.CompletionList(is_incomplete=True, items=[])
-        if not ls.config.features.completion:
+        if not ls.config.features.completion or (
+                ls.config.features.inline_completion and ls.client_supports("text_document.inline_completion")):
+            # the fallback is for clients without ghost text; answering both would decode everything twice
             return T.CompletionList(is_incomplete=False, items=[])
         automatic = params.context is not None and params.context.trigger_kind != T.CompletionTriggerKind.Invoked
         got = await ls.suggest(params.text_document.uri, params.position, automatic=automatic,
@@ -660,8 +580,8 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
         if not ls.config.features.code_actions:
             return []
         only = params.context.only if params.context else None
-        if only and not any(str(k).startswith(("refactor", "quickfix")) or str(k) in ("", "refactor.rewrite")
-                            for k in only):
+        kinds = [str(getattr(k, "value", k)) for k in (only or [])]
+        if kinds and not any(k in ("", "refactor", "quickfix", "refactor.rewrite") for k in kinds):
             return []
         engine = ls.engine_or_notice()
         if engine is None:
@@ -678,7 +598,12 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
         def survey():
             # the engine parses with a fresh tree-sitter parser per call, so this thread may run beside a decode
             spans = engine.spans_at(sub, start - base, end - base, language=lang)
-            holes = engine.holes(text, language=lang) if len(text) <= MAX_HOLE_SCAN_CHARS else []
+            cached = ls._holes.get(doc.uri)
+            if cached is not None and cached[0] == version:
+                holes = cached[1]
+            else:
+                holes = engine.holes(text, language=lang) if len(text) <= MAX_HOLE_SCAN_CHARS else []
+                ls._holes[doc.uri] = (version, holes)
             return spans, holes
 
         spans, holes = await ls.parse_job(survey)
@@ -688,7 +613,7 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
 
         def action(title: str, op: str, s: int, e: int, kind: T.CodeActionKind = T.CodeActionKind.RefactorRewrite,
                    command: str = CMD_APPLY) -> T.CodeAction:
-            arg = {"uri": uri, "version": version, "op": op, "range": _range_json(ls.lsp_range(idx, s, e))}
+            arg = {"uri": uri, "version": version, "op": op, "range": range_json(ls.lsp_range(idx, s, e))}
             return T.CodeAction(title=title, kind=kind, command=T.Command(title=title, command=command,
                                                                           arguments=[arg]))
 
@@ -716,17 +641,17 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
 
     @ls.command(CMD_APPLY)
     async def apply_command(ls: RemaskServer, *args: Any) -> dict:
-        return await _guarded_command(ls, args, instruction_required=False)
+        return await run_command(ls, args, instruction_required=False)
 
     @ls.command(CMD_INSTRUCT)
     async def instruct_command(ls: RemaskServer, *args: Any) -> dict:
-        return await _guarded_command(ls, args, instruction_required=True)
+        return await run_command(ls, args, instruction_required=True)
 
     @ls.feature(STATUS_METHOD)
     def status(ls: RemaskServer, params: Any) -> dict:
         info = dict(getattr(ls.engine, "info", {}) or {}) if ls.engine is not None else {}
         return {"state": ls.state, "detail": ls.state_detail, "encoding": ls.encoding,
-                "config": ls.config.as_json(), "model": {k: v for k, v in info.items() if _jsonable(v)},
+                "config": ls.config.as_json(), "model": {k: v for k, v in info.items() if jsonable(v)},
                 "busy": len(ls._tokens), "running": ls.running, "lastJob": ls.last_job}
 
     @ls.feature(T.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -747,6 +672,13 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
         for ch in params.content_changes:
             if isinstance(ch, T.TextDocumentContentChangePartial):
                 ls._diag_hint[uri] = ch.range.start.line
+        # work computed against the old text would be dropped anyway: stop it now and free the model
+        for tok in ls.doc_jobs.get(uri, ()):
+            tok.cancel()
+        job = ls._inline.get(uri)
+        if job is not None:
+            job.superseded = True
+            job.cancel.cancel()
         ls.schedule_diagnostics(uri)
 
     @ls.feature(T.TEXT_DOCUMENT_DID_CLOSE)
@@ -756,6 +688,9 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
         if t is not None:
             t.cancel()
         ls._indexes.pop(uri, None)
+        ls._holes.pop(uri, None)
+        for tok in ls.doc_jobs.pop(uri, ()):
+            tok.cancel()
         ls._diag_hint.pop(uri, None)
         job = ls._inline.pop(uri, None)
         if job is not None:
@@ -766,8 +701,6 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
         if ls.config.features.diagnostics:
             ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
-    global server
-    server = ls
     return ls
 
 
@@ -780,209 +713,7 @@ async def _pull_configuration(ls: RemaskServer) -> None:
         ls.log(f"could not read the configuration: {e}", T.MessageType.Error)
 
 
-def _jsonable(v: Any) -> bool:
-    return isinstance(v, (str, int, float, bool, type(None)))
 
-
-def _range_json(r: T.Range) -> dict:
-    return {"start": {"line": r.start.line, "character": r.start.character},
-            "end": {"line": r.end.line, "character": r.end.character}}
-
-
-def _parse_range(raw: Any) -> T.Range:
-    try:
-        s, e = raw["start"], raw["end"]
-        vals = [s["line"], s["character"], e["line"], e["character"]]
-    except (TypeError, KeyError):
-        raise JsonRpcInvalidParams("range must be {start: {line, character}, end: {line, character}}") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-        raise JsonRpcInvalidParams("range positions must be integers")
-    return T.Range(start=T.Position(line=vals[0], character=vals[1]), end=T.Position(line=vals[2], character=vals[3]))
-
-
-def _link_request_cancellation(ls: RemaskServer) -> None:
-    """Let ``$/cancelRequest`` reach a command handler.
-
-    pygls runs ``workspace/executeCommand`` through a generator and cancels only its outer future; hook that
-    future so the task doing the work is cancelled too (and the decoder stops).
-    """
-    task = asyncio.current_task()
-    proto = ls.protocol
-    if task is None:
-        return
-    outer = proto._request_futures.get(proto.msg_id) if proto.msg_id is not None else None
-    if outer is not None and outer is not task:
-        outer.add_done_callback(lambda f: f.cancelled() and task.cancel())
-
-
-async def _guarded_command(ls: RemaskServer, args: tuple, *, instruction_required: bool) -> dict:
-    _link_request_cancellation(ls)
-    try:
-        return await _apply(ls, args, instruction_required=instruction_required)
-    except asyncio.CancelledError:
-        raise
-    except JsonRpcException as e:
-        if e.code != JsonRpcRequestCancelled.CODE:
-            ls.log(e.message, T.MessageType.Warning)
-        raise
-    except InstructModelRequired as e:
-        ls.show(str(e), T.MessageType.Error)
-        raise failed(f"remask: {e}") from None
-    except EngineError as e:
-        ls.log(str(e), T.MessageType.Warning)
-        raise failed(f"remask: {e}") from None
-    except Exception as e:
-        ls.log(f"internal error in a command: {e}\n{traceback.format_exc()}", T.MessageType.Error)
-        raise JsonRpcInternalError(f"remask: internal error: {type(e).__name__}: {e}") from None
-
-
-async def _apply(ls: RemaskServer, args: tuple, *, instruction_required: bool) -> dict:
-    """Run one editing operation and apply its result with ``workspace/applyEdit``, unless it went stale."""
-    if len(args) != 1 or not isinstance(args[0], dict):
-        raise JsonRpcInvalidParams("expected one argument: {uri, range, op, version?, instruction?}")
-    a = args[0]
-    op = "instruct" if instruction_required else a.get("op")
-    if op not in OPS:
-        raise JsonRpcInvalidParams(f"op must be one of {', '.join(OPS)}, got {op!r}")
-    instruction = a.get("instruction")
-    if instruction is not None and not isinstance(instruction, str):
-        raise JsonRpcInvalidParams("instruction must be a string")
-    want_version = a.get("version")
-    if want_version is not None and (not isinstance(want_version, int) or isinstance(want_version, bool)):
-        raise JsonRpcInvalidParams("version must be an integer")
-    engine = ls.require_engine()
-    if op == "instruct" and not (getattr(engine, "info", {}) or {}).get("instruct"):
-        name = (getattr(engine, "info", {}) or {}).get("name", "this model")
-        raise InstructModelRequired(f"Edit with instruction needs an instruct model; {name} is a base model. "
-                                    "Set remask.model to an instruct checkpoint.")
-    doc = ls.document(a.get("uri"))
-    if want_version is not None and doc.version != want_version:
-        ls.log(f"dropped {op} for {doc.uri}: computed for version {want_version}, document is at {doc.version}",
-               T.MessageType.Warning)
-        raise JsonRpcContentModified(f"remask: {doc.uri} changed (version {want_version} -> {doc.version}); "
-                                     "run the action again")
-    version, idx = doc.version, ls.index(doc)
-    text = idx.text
-    if op == "fillAll":
-        start, end = 0, len(text)
-    else:
-        rng = _parse_range(a.get("range"))
-        start, end = ls.offset(idx, rng.start), ls.offset(idx, rng.end)
-        if end < start:
-            start, end = end, start
-    if op == "instruct" and not (instruction or "").strip():
-        try:
-            choice = await ls.window_show_message_request_async(T.ShowMessageRequestParams(
-                type=T.MessageType.Info, message="remask: how should the selection change?",
-                actions=[T.MessageActionItem(title=t) for t in PRESET_INSTRUCTIONS]))
-        except JsonRpcException as e:
-            raise failed("this editor cannot offer a choice of instructions (window/showMessageRequest: "
-                         f"{e.message}); run {CMD_INSTRUCT} with {{uri, range, instruction}}") from None
-        if choice is None:
-            return {"applied": False, "op": op, "reason": "no instruction"}
-        instruction = choice.title
-        if doc.version != version:
-            raise JsonRpcContentModified("remask: the document changed while choosing an instruction")
-    lang = ls.language(doc)
-    settings = ls.config.settings()
-    if op == "fillAll":
-        sub, base = text, 0
-    else:
-        sub, base = window(text, start, end, MAX_CONTEXT_CHARS)
-    s, e = start - base, end - base
-    calls = {
-        "fill": lambda c, cb: engine.fill(sub, s, e if e > s else None, language=lang, settings=settings,
-                                          callback=cb, cancel=c),
-        "regenerate": lambda c, cb: engine.regenerate(sub, s, e, language=lang, settings=settings, callback=cb,
-                                                      cancel=c),
-        "repair": lambda c, cb: engine.repair(sub, s, e, language=lang, settings=settings, callback=cb, cancel=c),
-        "fillAll": lambda c, cb: engine.fill_all(sub, language=lang, settings=settings, callback=cb, cancel=c),
-        "instruct": lambda c, cb: engine.instruct(sub, s, e, instruction, language=lang, settings=settings,
-                                                  callback=cb, cancel=c),
-    }
-    titles = {"fill": "filling hole", "regenerate": "regenerating", "repair": "repairing",
-              "fillAll": "filling holes", "instruct": "editing"}
-    res = await ls.run_job(calls[op], title=f"remask: {titles[op]}", total=settings.max_new_tokens)
-    if doc.version != version or ls.workspace.text_documents.get(doc.uri) is not doc:
-        msg = (f"dropped a stale {op} result for {doc.uri}: it was computed for version {version}, "
-               f"the document is now at version {doc.version}")
-        ls.log(msg, T.MessageType.Warning)
-        return {"applied": False, "op": op, "reason": "stale", "version": version, "current": doc.version}
-    if not res.edits:
-        ls.show("nothing to change" + (f" ({len(res.flagged)} tokens checked)" if op == "repair" else ""))
-        return {"applied": False, "op": op, "reason": "no change", "version": version}
-    edits = [T.TextEdit(range=ls.lsp_range(idx, ed.start + base, ed.end + base), new_text=ed.new_text)
-             for ed in sorted(res.edits, key=lambda x: x.start)]
-    if ls.client_supports("workspace.workspace_edit.document_changes"):
-        wedit = T.WorkspaceEdit(document_changes=[T.TextDocumentEdit(
-            text_document=T.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=version), edits=edits)])
-    else:
-        wedit = T.WorkspaceEdit(changes={doc.uri: edits})
-    label = {"fill": "remask: fill hole", "regenerate": "remask: regenerate", "repair": "remask: repair",
-             "fillAll": "remask: fill all holes", "instruct": f"remask: {instruction}"}[op]
-    answer = await ls.workspace_apply_edit_async(T.ApplyWorkspaceEditParams(edit=wedit, label=label))
-    if not answer.applied:
-        ls.log(f"the editor rejected the {op} edit: {answer.failure_reason or 'no reason given'}",
-               T.MessageType.Warning)
-    stats = {k: v for k, v in (res.stats or {}).items() if _jsonable(v)}
-    return {"applied": bool(answer.applied), "version": version, "edits": len(edits), "op": op,
-            "flagged": len(getattr(res, "flagged", []) or []), "stats": stats,
-            **({"reason": answer.failure_reason or "rejected by the editor"} if not answer.applied else {})}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# diagnostics (off by default)
-
-
-def _schedule_diagnostics(ls: RemaskServer, uri: str) -> None:
-    if not ls.config.features.diagnostics:
-        return
-    old = ls._diag_tasks.pop(uri, None)
-    if old is not None:
-        old.cancel()
-    ls._diag_tasks[uri] = asyncio.ensure_future(_diagnose(ls, uri))
-
-
-async def _diagnose(ls: RemaskServer, uri: str) -> None:
-    """Hints for tokens the model finds improbable, debounced: only the last change in a burst is scored."""
-    try:
-        await asyncio.sleep(ls.config.diagnostics_debounce_ms / 1000)
-        engine = ls.engine
-        if engine is None or ls.state != "ready":
-            return
-        doc = ls.workspace.text_documents.get(unquote(uri)) or ls.workspace.text_documents.get(uri)
-        if doc is None:
-            return
-        version, idx = doc.version, ls.index(doc)
-        text = idx.text
-        line = min(ls._diag_hint.get(uri, 0), idx.line_count - 1)
-        at = idx.starts[line]
-        sub, base = window(text, at, at, 8_000)
-        lang = ls.language(doc)
-        scores = await ls.run_job(lambda c, cb: engine.score(sub, 0, len(sub), language=lang),
-                                  title="remask: checking", progress=False)
-        if doc.version != version or not ls.config.features.diagnostics:
-            return
-        thr = ls.config.diagnostics_threshold
-        diags = []
-        for sc in scores:
-            if sc.prob >= thr or not sc.text.strip():
-                continue
-            msg = f"unlikely token {sc.text!r} (p={sc.prob:.3f})"
-            if sc.best is not None and sc.best != sc.text:
-                msg += f"; the model expects {sc.best!r}"
-            diags.append(T.Diagnostic(range=ls.lsp_range(idx, sc.start + base, sc.end + base), message=msg,
-                                      severity=T.DiagnosticSeverity.Hint, source="remask"))
-            if len(diags) >= MAX_DIAGNOSTICS:
-                break
-        ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diags, version=version))
-    except asyncio.CancelledError:
-        pass
-    except Exception as e:
-        ls.log(f"diagnostics failed for {uri}: {e}", T.MessageType.Warning)
-    finally:
-        if ls._diag_tasks.get(uri) is asyncio.current_task():
-            del ls._diag_tasks[uri]
 
 
 def _apply_settings(ls: RemaskServer, raw: Any) -> None:
@@ -1027,6 +758,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-tokens", type=int, default=128, help="tokens a code action may generate")
     p.add_argument("--inline-max-tokens", type=int, default=32, help="tokens of ghost text")
+    p.add_argument("--candidates", type=int, default=3, help="versions Regenerate decodes (the best is applied)")
     p.add_argument("--debounce-ms", type=int, default=150, help="wait before answering as-you-type requests")
     p.add_argument("--diagnostics", action="store_true", help="hint diagnostics for improbable tokens")
     p.add_argument("--verbose", "-v", action="store_true", help="log protocol traffic to stderr")
@@ -1036,7 +768,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     raw = {"model": args.model, "device": args.device, "blockSize": args.block_size, "threshold": args.threshold,
            "steps": args.steps, "temperature": args.temperature, "maxTokens": args.max_tokens,
-           "inlineMaxTokens": args.inline_max_tokens, "debounceMs": args.debounce_ms}
+           "inlineMaxTokens": args.inline_max_tokens, "candidates": args.candidates, "debounceMs": args.debounce_ms}
     if args.diagnostics:
         raw["features"] = {"diagnostics": True}
     return ServerConfig().updated(raw)

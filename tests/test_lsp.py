@@ -210,11 +210,12 @@ async def test_server_capabilities(test_model_dir):
 
 
 async def test_requests_while_loading_get_a_clear_answer_and_shutdown_is_prompt(test_model_dir):
-    c = await _start(["--model", str(test_model_dir), "--load-delay", "60"])
+    # the model comes from initializationOptions this time (no --model)
+    c = await _start(["--load-delay", "60"], init_options={"model": str(test_model_dir)})
     try:
         uri = open_doc(c, CODE)
         st = await status(c)
-        assert st["state"] == "loading"
+        assert st["state"] == "loading" and st["config"]["model"] == str(test_model_dir)
         res = await c.text_document_inline_completion_async(T.InlineCompletionParams(
             text_document=T.TextDocumentIdentifier(uri=uri), position=T.Position(line=5, character=8),
             context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Invoked)))
@@ -257,7 +258,7 @@ def expected_ghost(engine, text: str, offset: int) -> str | None:
     from lsp.server import RemaskServer
 
     res = engine.fill(text, offset, offset, language="python", settings=settings(inline=True))
-    got = RemaskServer.insertion(None, res, text, offset, 0)  # type: ignore[arg-type]
+    got = RemaskServer.insertion(res, text, offset, 0)
     return None if got is None else got[0]
 
 
@@ -333,9 +334,17 @@ async def test_completion_fallback_replaces_the_typed_word(client, engine):
     uri = open_doc(client, CODE)
     needle = "return a + b"
     offset = CODE.index(needle) + len(needle)
-    res = await client.text_document_completion_async(T.CompletionParams(
-        text_document=T.TextDocumentIdentifier(uri=uri), position=pos_of(CODE, needle),
-        context=T.CompletionContext(trigger_kind=T.CompletionTriggerKind.Invoked)))
+    params = T.CompletionParams(text_document=T.TextDocumentIdentifier(uri=uri), position=pos_of(CODE, needle),
+                                context=T.CompletionContext(trigger_kind=T.CompletionTriggerKind.Invoked))
+    # this client shows ghost text, so the fallback stays quiet (no decoding twice per keystroke) ...
+    res = await client.text_document_completion_async(params)
+    assert list(res.items) == [] and not res.is_incomplete
+    # ... unless inline completion is switched off
+    configure(client, features={"inlineCompletion": False})
+    try:
+        res = await client.text_document_completion_async(params)
+    finally:
+        configure(client, features={"inlineCompletion": True})
     want = expected_ghost(engine, CODE, offset)
     if want is None:
         assert list(res.items) == []
@@ -434,15 +443,22 @@ async def test_result_computed_for_an_old_version_is_not_applied(client):
                  if a.title.startswith("Fill all holes")]
     n = len(client.applied)
     known = set(client.progress_reports)
-    fut = asyncio.ensure_future(run_action(client, action))
-    # once the job is decoding, the user types
-    await wait_for(lambda: [t for t in client.progress_reports if t not in known], "the job's progress")
-    change_doc(client, uri, 2, T.Range(start=T.Position(line=0, character=0), end=T.Position(line=0, character=0)),
-               "# typing\n")
-    out = await fut
+    configure(client, maxTokens=256, steps=4, threshold=None)  # one token per step: a long decode
+    try:
+        fut = asyncio.ensure_future(run_action(client, action))
+        # once the job is decoding, the user types
+        await wait_for(lambda: [t for t, r in client.progress_reports.items() if t not in known
+                                and any(isinstance(x, T.WorkDoneProgressReport) for x in r)], "a decoding step")
+        change_doc(client, uri, 2, T.Range(start=T.Position(line=0, character=0),
+                                           end=T.Position(line=0, character=0)), "# typing\n")
+        out = await fut
+    finally:
+        configure(client, maxTokens=OPTIONS["maxTokens"], steps=None, threshold=0.9)
     assert out == {"applied": False, "op": "fillAll", "reason": "stale", "version": 1, "current": 2}
     assert len(client.applied) == n
     assert any("dropped a stale fillAll result" in m.message for m in client.log_messages)
+    # the edit stopped the decoder instead of letting it finish for nothing
+    assert (await status(client))["lastJob"] == "cancelled"
 
 
 async def test_cancel_request_stops_the_decoder(client):
@@ -493,13 +509,16 @@ async def test_new_inline_request_supersedes_the_previous_one(client, engine):
 
 async def test_configuration_change_and_invalid_values(client):
     uri = open_doc(client, CODE)
-    configure(client, features={"completion": False}, inlineMaxTokens=4)
+    pos = pos_of(CODE, "return a + b")
+    configure(client, features={"inlineCompletion": False}, inlineMaxTokens=4)
     try:
         st = await status(client)
-        assert st["config"]["features"]["completion"] is False and st["config"]["inlineMaxTokens"] == 4
+        assert st["config"]["features"]["inlineCompletion"] is False and st["config"]["inlineMaxTokens"] == 4
+        off = await client.text_document_inline_completion_async(inline_params(uri, pos))
+        assert list(off.items) == []
         res = await client.text_document_completion_async(T.CompletionParams(
-            text_document=T.TextDocumentIdentifier(uri=uri), position=pos_of(CODE, "return a + b")))
-        assert list(res.items) == [] and not res.is_incomplete
+            text_document=T.TextDocumentIdentifier(uri=uri), position=pos))
+        assert res.is_incomplete  # the fallback took over
         n = len(client.messages)
         configure(client, threshold=5, inlineMaxTokens=2)  # invalid: nothing of it is applied
         st = await status(client)
@@ -507,7 +526,7 @@ async def test_configuration_change_and_invalid_values(client):
         msg = await wait_for(lambda: client.messages[n:], "an error message")
         assert msg[0].type == T.MessageType.Error and "threshold" in msg[0].message
     finally:
-        configure(client, features={"completion": True}, inlineMaxTokens=OPTIONS["inlineMaxTokens"])
+        configure(client, features={"inlineCompletion": True}, inlineMaxTokens=OPTIONS["inlineMaxTokens"])
 
 
 async def test_utf16_positions_with_astral_characters(client):

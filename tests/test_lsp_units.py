@@ -106,3 +106,13 @@ def test_an_exception_in_a_handler_is_logged_and_answered_with_an_error():
     with pytest.raises(JsonRpcException) as ei:
         asyncio.run(bad_input(ls, None))
     assert ei.value.code == REQUEST_FAILED and "the span is empty" in ei.value.message
+
+
+def test_random_preset_gets_a_tokenizer_so_the_server_can_run():
+    from assistant.api import Settings
+    from lsp.server import _load_engine
+
+    engine = _load_engine("random:test", "cpu", Settings(max_new_tokens=4))
+    assert engine.info["kind"] == "bd" and "RANDOM" in engine.info["description"]
+    res = engine.fill("def f(x):\n    return \n", 20, 20, language="python")
+    assert res.op == "fill"
