@@ -294,7 +294,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             active = [active[j] for j in keep_rows]
             if active:
                 cache.select_rows(torch.tensor(keep_rows, device=device))
-    return _result(x, rows, cfg, tokenizer, eos_id, nfe, step, time.perf_counter() - t0)
+    return _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
 
 
 def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:
@@ -314,10 +314,12 @@ def _hit_stop(tokenizer, ids: torch.Tensor, stops: tuple[str, ...]) -> bool:
     return any(s in text for s in stops)
 
 
-def _result(x, rows, cfg, tokenizer, eos_id, nfe, steps, elapsed) -> DecodeResult:
+def _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, steps, elapsed) -> DecodeResult:
     toks, lps, sts, fin, texts = [], [], [], [], []
     for i, r in enumerate(rows):
         seq = x[i, r.prompt_len: r.limit].tolist()
+        if mask_id in seq:  # a row that stopped early (stop string) leaves masks after its last block
+            seq = seq[: seq.index(mask_id)]
         if cfg.stop_at_eos and eos_id in seq:
             seq = seq[: seq.index(eos_id)]
             r.finish = "eos"
@@ -421,7 +423,7 @@ def _generate_ar(model, prompts, cfg: DecodeConfig, tokenizer, callback, cancel)
             active = [active[j] for j in keep_rows]
             if active:
                 cache.select_rows(torch.tensor(keep_rows, device=device))
-    return _result(x, rows, cfg, tokenizer, eos_id, nfe, step, time.perf_counter() - t0)
+    return _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
 
 
 @torch.no_grad()

@@ -244,6 +244,11 @@ def test_stop_strings(test_model_dir) -> None:
         res2 = generate(model, [tok.encode("def f(x):\n")],
                         DecodeConfig(max_new_tokens=24, threshold=0.9, stop_strings=(stop,)), tokenizer=tok)
         assert stop not in res2.texts[0] and res2.finish[0] == "stop"
+        assert tok.mask_id not in res2.tokens[0] and len(res2.tokens[0]) < 24
+    ar = generate(model, [tok.encode("def f(x):\n")], DecodeConfig(max_new_tokens=24, mode="ar",
+                                                                    stop_strings=(res.texts[0][:1] or "x",)),
+                  tokenizer=tok)
+    assert tok.mask_id not in ar.tokens[0] and len(ar.tokens[0]) == ar.nfe - 1
 
 
 def test_bad_decode_config(model64) -> None:
