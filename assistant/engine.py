@@ -110,6 +110,20 @@ def _indent(line: str) -> str:
     return _INDENT.match(line).group(0)  # type: ignore[union-attr]
 
 
+def _python_compiles(text: str) -> bool:
+    """CPython's own parser accepts ``text`` (stricter than tree-sitter about blocks and indentation)."""
+    import ast
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(text)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
 def _indent_width(s: str) -> int:
     return len(s.expandtabs(4))
 
@@ -896,6 +910,9 @@ class Engine:
         if parsed.tree is not None and edits:
             after = parse(new_text, parsed.language).errors
             parses = after == 0 or (parsed.errors > 0 and after <= parsed.errors)
+            if parses and parsed.language == "python" and _python_compiles(text):
+                # tree-sitter-python tolerates an empty or dedented block; CPython's parser does not.
+                parses = _python_compiles(new_text)
         indent_ok = all(self._indentation_ok(text, job, out) for job, out in outs)
         return Candidate(edits, new_text, unified_diff(text, new_text), float(score), parses, indent_ok)
 

@@ -45,16 +45,17 @@ def plot(run: str | Path, out: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
     offset = 0
     for name, recs in stages:
+        val = [(offset + r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+        elbo = [(offset + r["step"], r["val_elbo"]) for r in recs if "val_elbo" in r]
+        recs = [r for r in recs if "loss" in r]  # validation-only records (step 0) have no training loss
         if not recs:
             continue
         steps = [offset + r["step"] for r in recs]
         axes[0].plot(steps, [r["loss"] for r in recs], label=f"{name} loss")
         if any("masked_ce" in r for r in recs):
             axes[0].plot(steps, [r.get("masked_ce") for r in recs], label=f"{name} masked CE", alpha=0.6)
-        val = [(offset + r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
         if val:
             axes[0].plot(*zip(*val, strict=True), "o-", label=f"{name} val loss")
-        elbo = [(offset + r["step"], r["val_elbo"]) for r in recs if "val_elbo" in r]
         if elbo:
             axes[0].plot(*zip(*elbo, strict=True), "s--", label=f"{name} val BD ELBO")
         axes[1].plot(steps, [r["grad_norm"] for r in recs], label=name)
