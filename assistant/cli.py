@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from model.fileio import atomic_write
 
 from .api import Cancelled, EditResult, EngineError, Settings
 from .positions import line_range_to_offsets, offset_to_position
@@ -118,27 +119,9 @@ def write_atomic(path: Path, text: str, bom: bool = False, backup: bool = True,
     backup_path = None
     if backup and path.exists():
         backup_path = path.with_name(path.name + ".orig")
-        _write_file_atomic(backup_path, path.read_bytes(), mode)
-    _write_file_atomic(path, data, mode)
+        atomic_write(backup_path, path.read_bytes(), mode)
+    atomic_write(path, data, mode)
     return backup_path
-
-
-def _write_file_atomic(path: Path, data: bytes, mode: int | None) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -393,8 +393,9 @@ class RemaskServer(LanguageServer):
 
     # -- inline completion ----------------------------------------------------------------------------------------
     async def suggest(self, uri: str, pos: T.Position, *, automatic: bool,
-                      token: T.ProgressToken | None = None) -> tuple[Any, LineIndex, int, str, int] | None:
-        """Run a fill at the cursor. Returns (result, index, offset, text, window base) or None (nothing to show)."""
+                      token: T.ProgressToken | None = None) -> tuple[str, LineIndex, int, int, str] | None:
+        """Run a fill at the cursor. Returns (ghost text, index, offset, end of the replaced range, document
+        text) or None (nothing to show)."""
         engine = self.engine_or_notice()
         if engine is None:
             return None
@@ -440,7 +441,10 @@ class RemaskServer(LanguageServer):
                 del self._inline[doc.uri]
         if doc.version != version:
             return None  # typed on while we worked; the client asks again
-        return res, idx, offset, text, base
+        ins = self.insertion(res, text, offset, base)
+        if ins is None:
+            return None
+        return ins[0], idx, offset, ins[1], text
 
     @staticmethod
     def insertion(res: Any, text: str, offset: int, base: int) -> tuple[str, int] | None:
@@ -529,11 +533,7 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
                                token=params.work_done_token)
         if got is None:
             return empty
-        res, idx, offset, text, base = got
-        ins = ls.insertion(res, text, offset, base)
-        if ins is None:
-            return empty
-        new_text, end = ins
+        new_text, idx, offset, end, _ = got
         rng = ls.lsp_range(idx, offset, end) if end != offset else None
         return T.InlineCompletionList(items=[T.InlineCompletionItem(insert_text=new_text, range=rng)])
 
@@ -550,11 +550,7 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
                                token=params.work_done_token)
         if got is None:
             return empty
-        res, idx, offset, text, base = got
-        ins = ls.insertion(res, text, offset, base)
-        if ins is None:
-            return empty
-        new_text, end = ins
+        new_text, idx, offset, end, text = got
         # replace the word being typed so the client's fuzzy filter keeps the item while the user types on
         line_start = text.rfind("\n", 0, offset) + 1
         ws = offset

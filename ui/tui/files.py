@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 from pathlib import Path
+
+from model.fileio import atomic_write
 
 MAX_BYTES = 2 * 1024 * 1024  # the editor re-parses the whole buffer on each edit; beyond this it crawls
 
@@ -54,23 +53,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     if not folder.is_dir():
         raise FileError(f"cannot save {p}: folder {folder} does not exist")
     try:
-        mode = stat.S_IMODE(p.stat().st_mode)
-    except FileNotFoundError:
-        mode = None
+        atomic_write(p, text)
     except OSError as e:
-        raise FileError(f"cannot save {p}: {e.strerror or e}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise FileError(f"cannot save {p}: {e.strerror or e}") from None
