@@ -6,7 +6,8 @@ import os
 
 # The models in tests are tiny: one thread is faster than two fighting over a shared 2-core machine, and
 # subprocesses (the language server) inherit it.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if not os.environ.get("OMP_NUM_THREADS", "").isdigit():
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
