@@ -670,7 +670,7 @@ class Engine:
         ``clean_kv``: the scoring pass's keys of the same tokens; everything before the first masked block
         is taken from it instead of being forwarded again.
         """
-        from model.decoder import _confidence, _fixed_schedule, _pick
+        from model.decoder import _fixed_schedule, propose
 
         check = self._cancel(cancel)
         B = s.block_size or self.cfg.block_size
@@ -693,6 +693,9 @@ class Engine:
         new_lp: dict[int, float] = {}
         t0 = time.perf_counter()
         dev = self.device
+        # the decoder's commit rule; with neither a threshold nor steps, one token per step
+        rule = DecodeConfig(threshold=None if s.steps else (1.0 if s.threshold is None else s.threshold),
+                            temperature=s.temperature, confidence=s.confidence)
         for blk in blocks:
             bs, be = blk * B, min(blk * B + B, L)
             if bs > done:
@@ -716,18 +719,7 @@ class Engine:
                 steps += 1
                 logits[:, self.mask] = float("-inf")
                 m = (win == self.mask).nonzero().flatten()
-                lg = logits[m]
-                x0 = _pick(lg, s.temperature, gen).cpu()
-                conf = _confidence(lg, x0.to(lg.device), s.confidence, gen).cpu()
-                logp = torch.log_softmax(lg.double(), -1).gather(-1, x0[:, None].to(lg.device))[:, 0].cpu()
-                order = torch.argsort(conf, descending=True)
-                if s.steps:
-                    kk = schedule.pop(0) if schedule else m.numel()
-                    chosen = order[: max(1, min(kk, m.numel()))]
-                else:
-                    keepm = conf[order] >= (s.threshold if s.threshold is not None else 1.0)
-                    keepm[0] = True
-                    chosen = order[keepm]
+                x0, logp, chosen = propose(logits[m], rule, schedule, gen)
                 for c in chosen.tolist():
                     p = bs + int(m[c])
                     x[p] = int(x0[c])

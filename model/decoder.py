@@ -104,15 +104,15 @@ class DecodeResult:
         return sum(lp) / len(lp) if lp else float("-inf")
 
 
-def _confidence(logits: torch.Tensor, x0: torch.Tensor, kind: str, gen: torch.Generator | None) -> torch.Tensor:
-    p = torch.softmax(logits.double(), dim=-1)
+def _confidence(logp: torch.Tensor, x0: torch.Tensor, kind: str, gen: torch.Generator | None) -> torch.Tensor:
+    """How sure the model is of each proposal, from float64 log-probabilities (higher is surer)."""
     if kind == "low_confidence":
-        return torch.gather(p, -1, x0[..., None])[..., 0]
+        return torch.gather(logp, -1, x0[..., None])[..., 0].exp()
     if kind == "margin":
-        top2 = p.topk(2, dim=-1).values
+        top2 = logp.topk(2, dim=-1).values.exp()
         return top2[..., 0] - top2[..., 1]
     if kind == "entropy":
-        return (p * torch.log(p.clamp_min(1e-300))).sum(-1)  # negative entropy: higher is surer
+        return (logp.exp() * logp).sum(-1)  # negative entropy
     return torch.rand(x0.shape, generator=gen, dtype=torch.float64, device="cpu").to(x0.device)
 
 
@@ -123,6 +123,26 @@ def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator | None)
     u = torch.rand(logits.shape, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
     g = -torch.log(-torch.log(u.clamp(1e-300, 1.0)).clamp_min(1e-300))
     return (logits.double() + temperature * g).argmax(-1)
+
+
+def propose(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch.Generator | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one block's masked positions: proposed tokens, their log-probs, and the indices to commit now.
+
+    Fixed schedule: the next count of ``schedule`` (most confident first). Threshold: the most confident one
+    always, then every other at or above tau.
+    """
+    x0 = _pick(lg, cfg.temperature, gen)
+    logp_all = torch.log_softmax(lg.double(), -1)
+    conf = _confidence(logp_all, x0, cfg.confidence, gen)
+    logp = logp_all.gather(-1, x0[:, None])[:, 0]
+    order = torch.argsort(conf, descending=True)
+    if cfg.threshold is None:
+        k = schedule.pop(0) if schedule else len(order)
+        return x0, logp, order[: max(1, min(k, len(order)))]
+    keep = conf[order] >= cfg.threshold
+    keep[0] = True
+    return x0, logp, order[keep]
 
 
 def _fixed_schedule(n_masked: int, steps: int) -> list[int]:
@@ -214,10 +234,9 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
         full_ids = torch.gather(x[active], 1, win_pos)
         kv_len = int(win_pos.max()) + 1
         allowed = block_causal_mask(win_pos, torch.arange(kv_len)[None], B)
-        full_logits = forward_logits(model, full_ids.to(device), win_pos.to(device), allowed.to(device),
-                                     cache=cache, kv_len=kv_len).float()
-        sel = offset[:, None] + torch.arange(B)[None]
-        logits = torch.gather(full_logits, 1, sel[:, :, None].to(device).expand(-1, -1, full_logits.shape[-1]))
+        sel = offset[:, None] + torch.arange(B)[None]  # the current block inside the window
+        logits = forward_logits(model, full_ids.to(device), win_pos.to(device), allowed.to(device),
+                                cache=cache, kv_len=kv_len, keep=sel.to(device)).float()
         win_ids = torch.gather(full_ids, 1, sel)
         for i in active:
             rows[i].carry = False
@@ -240,19 +259,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             masked = (win_ids[j] == mask_id).nonzero().flatten()
             if masked.numel() == 0:
                 continue
-            lg = logits[j, masked]
-            x0 = _pick(lg, cfg.temperature, gen)
-            conf = _confidence(lg, x0, cfg.confidence, gen)
-            logp = torch.log_softmax(lg.double(), -1).gather(-1, x0[:, None])[:, 0]
-            order = torch.argsort(conf, descending=True)
-            if cfg.threshold is None:
-                k = r.schedule.pop(0) if r.schedule else masked.numel()
-                k = max(1, min(k, masked.numel()))
-                chosen = order[:k]
-            else:
-                keep = conf[order] >= cfg.threshold
-                keep[0] = True
-                chosen = order[keep]
+            x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule, gen)
             for c in chosen.tolist():
                 p = int(r.block_start + masked[c])
                 x[i, p] = int(x0[c])
@@ -450,17 +457,7 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
         logits[:, mask_id] = float("-inf")
         win = x[0, r.block_start:end]
         masked = (win == mask_id).nonzero().flatten()
-        lg = logits[masked]
-        x0 = _pick(lg, cfg.temperature, gen)
-        conf = _confidence(lg, x0, cfg.confidence, gen)
-        order = torch.argsort(conf, descending=True)
-        if cfg.threshold is None:
-            k = r.schedule.pop(0) if r.schedule else masked.numel()
-            chosen = order[: max(1, min(k, masked.numel()))]
-        else:
-            keep = conf[order] >= cfg.threshold
-            keep[0] = True
-            chosen = order[keep]
+        x0, _, chosen = propose(logits[masked], cfg, r.schedule, gen)
         for c in chosen.tolist():
             x[0, r.block_start + int(masked[c])] = int(x0[c])
         gen_from = max(r.block_start, r.prompt_len)

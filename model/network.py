@@ -62,7 +62,8 @@ def forward_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, position_id
 
     ``mask`` is a boolean [batch, q, k] tensor (True = may attend) or a flex ``BlockMask``. With a cache,
     keys are the cache slots ``[0, kv_len)`` and the mask's k axis indexes those slots. ``keep`` selects
-    the query positions whose logits are needed (the head is the largest matmul for small models).
+    the query positions whose logits are needed (the head is the largest matmul for small models): a slice,
+    or a [batch, k] index tensor of per-row positions.
     """
     if isinstance(mask, torch.Tensor) and mask.dim() == 3:
         mask = mask[:, None]
@@ -71,6 +72,8 @@ def forward_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, position_id
     out = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                       past_key_values=cache, use_cache=cache is not None)
     h = out.last_hidden_state
-    if keep is not None:
+    if isinstance(keep, torch.Tensor) and keep.dim() == 2:  # per-row positions [batch, k]
+        h = torch.gather(h, 1, keep[..., None].expand(-1, -1, h.shape[-1]))
+    elif keep is not None:
         h = h[:, keep]
     return model.lm_head(h)
