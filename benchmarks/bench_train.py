@@ -1,10 +1,11 @@
 """Training-step throughput: AR vs block-diffusion (dense-mask SDPA, and flex attention on CUDA).
 
     python benchmarks/bench_train.py                      # CPU: test preset, short sequences, dense SDPA only
-    python benchmarks/bench_train.py --preset medium --seq-len 2048 --batch 8 --compile   # one H100
+    python benchmarks/bench_train.py --preset medium --seq-len 2048 --batch 8 --compile --parity  # one H100
 
-Each variant runs the trainer's own objective (training/objectives.py) with AdamW, bf16 autocast on
-CUDA, for ``--warmup`` untimed and ``--steps`` timed steps on random tokens. Reported per variant:
+Each variant runs the trainer's own objective (training/objectives.py) with fused AdamW, bf16 autocast
+(default on CUDA; ``--dtype``), for ``--warmup`` untimed and ``--steps`` timed steps on random tokens.
+Reported per variant:
 step time, tokens/s (tokens of x_0, i.e. B x L per step for both AR and BD) and model FLOPs utilisation
 (MFU) = useful FLOPs / (time x peak). Useful FLOPs = 6 x non-embedding params x tokens forwarded
 (L for AR, 2L for BD: the [x_t ; x_0] stream) + 6 x d x V x positions with logits + 12 x d x layers x
@@ -45,8 +46,33 @@ def useful_flops(cfg, batch: int, L: int, kind: str, masked_frac: float) -> floa
     return batch * per_row
 
 
+def parity(cfg, batch: int, L: int, device: torch.device, bf16: bool) -> dict:
+    """Flex BlockMask vs dense-mask SDPA on one BD batch: loss and (on CUDA) gradients must agree.
+
+    Flex attention has no backward on CPU, so there only the loss is compared."""
+    model = build_model(cfg, dtype=torch.float32, device=device, seed=0)
+    model.config.use_cache = False
+    x = torch.randint(20, cfg.vocab_size, (batch, L), generator=torch.Generator().manual_seed(1)).to(device)
+    noise = bd_noise(x, cfg.block_size, cfg.mask_token_id, 1.0, True, noise_draws(0, 1, 0, range(batch), L,
+                                                                                   cfg.block_size))
+    grad = device.type == "cuda"
+    out = {}
+    for attn in ("sdpa", "flex_attention"):
+        set_attention_backend(model, attn)
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(grad), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = bd_loss(model, x, noise, BD3Masks(cfg.block_size, attn != "sdpa", device), cfg.mask_token_id)
+        if grad:
+            loss.backward()
+        out[attn] = (float(loss), [p.grad.float().clone() for p in model.parameters()] if grad else [])
+    (l0, g0), (l1, g1) = out["sdpa"], out["flex_attention"]
+    rel = (max(((a - b).norm() / a.norm().clamp_min(1e-12)).item() for a, b in zip(g0, g1, strict=True))
+           if grad else None)
+    return {"loss_sdpa": l0, "loss_flex": l1, "loss_rel_diff": abs(l0 - l1) / abs(l0), "grad_max_rel_diff": rel}
+
+
 def run_variant(cfg, kind: str, attn: str, batch: int, L: int, steps: int, warmup: int, device: torch.device,
-                compile_: bool) -> dict:
+                compile_: bool, bf16: bool) -> dict:
     model = build_model(cfg, dtype=torch.float32, device=device, seed=0)
     set_attention_backend(model, attn)
     model.train()
@@ -54,9 +80,8 @@ def run_variant(cfg, kind: str, attn: str, batch: int, L: int, steps: int, warmu
     if compile_:
         for layer in model.model.layers:
             layer.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     masks = BD3Masks(cfg.block_size, attn == "flex_attention", device)
     g = torch.Generator().manual_seed(0)
     n_tok = L + 1 if kind == "ar" else L
@@ -101,11 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10 if cuda else 3)
     p.add_argument("--warmup", type=int, default=3 if cuda else 1)
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16" if cuda else "float32",
+                   help="autocast dtype (weights stay fp32)")
+    p.add_argument("--parity", action="store_true",
+                   help="first check flex vs dense-mask SDPA on one BD batch (loss; gradients on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=989.0 if cuda else 0.0)
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args(argv)
     device = torch.device("cuda" if cuda else "cpu")
     cfg = preset(a.preset, max_position_embeddings=max(preset(a.preset).max_position_embeddings, a.seq_len + 1))
+    bf16 = a.dtype == "bfloat16"
+    checks = parity(cfg, min(a.batch, 2), a.seq_len, device, bf16) if a.parity else None
+    if checks:
+        g = checks["grad_max_rel_diff"]
+        print(f"parity flex vs sdpa: loss {checks['loss_flex']:.5f} vs {checks['loss_sdpa']:.5f} "
+              f"(rel {checks['loss_rel_diff']:.1e}); worst gradient rel diff "
+              f"{'n/a (no flex backward on CPU)' if g is None else f'{g:.1e}'}")
     variants = [("ar", "sdpa"), ("bd", "sdpa")]
     if cuda:
         variants.append(("bd", "flex_attention"))
@@ -114,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind, attn in variants:
         try:
-            r = run_variant(cfg, kind, attn, a.batch, a.seq_len, a.steps, a.warmup, device, a.compile)
+            r = run_variant(cfg, kind, attn, a.batch, a.seq_len, a.steps, a.warmup, device, a.compile, bf16)
         except torch.OutOfMemoryError:
             print(f"{kind}-{attn}: out of memory at batch {a.batch} x {a.seq_len}", file=sys.stderr)
             continue
@@ -124,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     ar = next((r for r in rows if r["variant"] == "ar-sdpa"), None)
     print(f"preset {a.preset} ({cfg.num_parameters() / 1e6:.1f}M params), batch {a.batch} x seq {a.seq_len}, "
-          f"{device.type}{', compiled' if a.compile else ''}")
+          f"{device.type}, {a.dtype}{', compiled' if a.compile else ''}")
     print(f"{'variant':<18}{'step ms':>10}{'tokens/s':>14}{'MFU':>8}{'x AR step':>11}")
     for r in rows:
         ratio = r["step_s"] / ar["step_s"] if ar else float("nan")
@@ -132,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"{r['variant']:<18}{1000 * r['step_s']:>10.1f}{r['tokens_per_s']:>14,.0f}{mfu:>8}{ratio:>11.2f}")
     result = {"preset": a.preset, "seq_len": a.seq_len, "batch": a.batch, "device": device.type,
-              "compile": a.compile, "results": rows}
+              "compile": a.compile, "dtype": a.dtype, "parity": checks, "results": rows}
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

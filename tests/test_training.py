@@ -16,10 +16,10 @@ import torch
 from model.cache import BlockKVCache
 from model.checkpoint import load_checkpoint
 from model.decoder import DecodeConfig, generate
-from model.network import forward_logits
+from model.network import forward_logits, set_attention_backend
 from model.testing import stdlib_texts
 from model.tokenizer import Tokenizer
-from training.config import TrainConfig, apply_overrides, build_config, load_toml
+from training.config import TrainConfig, apply_overrides, build_config, load_config, load_toml
 from training.corpus import build_corpus, tokenize_corpus
 from training.objectives import BD3Masks, Noise, bd_forward_masked, bd_noise, mask_cap, weighted
 from training.trainer import Trainer, TrainingError, noise_draws, read_metrics
@@ -142,6 +142,49 @@ def test_training_mask_matches_cached_inference(test_model_dir):
     torch.testing.assert_close(train_logits[8:12], infer, atol=1e-4, rtol=1e-4)
 
 
+def test_flex_training_mask_matches_dense_sdpa(test_model_dir):
+    """The BlockMask the trainer uses on GPU gives the dense-mask logits (forward only: no flex backward on CPU)."""
+    model, _ = load_checkpoint(test_model_dir)
+    mc = model.remask_config
+    L, b = 32, 2
+    x0 = torch.randint(20, 1000, (b, L), generator=torch.Generator().manual_seed(1))
+    noise = bd_noise(x0, mc.block_size, mc.mask_token_id, 1.0, True, _draws(b, L, mc.block_size), None, clip=True)
+    out = {}
+    with torch.no_grad():
+        for name in ("sdpa", "flex_attention"):
+            set_attention_backend(model, name)
+            out[name] = bd_forward_masked(model, noise, x0, BD3Masks(mc.block_size, name != "sdpa",
+                                                                     torch.device("cpu")))
+    torch.testing.assert_close(out["flex_attention"], out["sdpa"], atol=1e-4, rtol=1e-4)
+    # A mask that let the noisy half see its own clean block would change the logits: the check has teeth.
+    leaky = BD3Masks(mc.block_size, False, torch.device("cpu"))
+    full = leaky.get(L, b).clone()
+    full[:, :L, L:] = True
+    leaky._cache[L] = full[0]
+    set_attention_backend(model, "sdpa")
+    with torch.no_grad():
+        assert not torch.allclose(bd_forward_masked(model, noise, x0, leaky), out["sdpa"], atol=1e-3)
+
+
+def test_precision_optimizer_and_compile_options(corpus, tmp_path, test_model_dir):
+    """bf16 autocast, foreach vs fused AdamW and torch.compile'd layers all train the same run (CPU here)."""
+    def losses(name: str, stage: str, **kw) -> list[float]:
+        cfg = _cfg(ar_steps=5, bd_steps=5, **kw)
+        Trainer(cfg, stage, tmp_path / f"{name}-{stage}", corpus, tokenizer_dir=test_model_dir,
+                init_from=None if stage == "ar" else test_model_dir, log=lambda s: None).run()
+        return [r["loss"] for r in read_metrics(tmp_path / f"{name}-{stage}" / "metrics.jsonl")]
+
+    for stage in ("ar", "bd"):
+        ref = losses("fp32", stage)
+        assert losses("foreach", stage, fused_adamw=False) == pytest.approx(ref, rel=1e-5)
+        bf16 = losses("bf16", stage, dtype="bfloat16")
+        assert bf16 == pytest.approx(ref, rel=2e-3) and bf16 != ref  # autocast really ran, and stayed close
+    assert losses("compiled", "bd", compile=True) == pytest.approx(ref, rel=1e-4)
+    with pytest.raises(TrainingError, match="no backward pass on CPU"):
+        Trainer(_cfg(attn="flex_attention"), "bd", tmp_path / "flex", corpus, init_from=test_model_dir,
+                log=lambda s: None).run()
+
+
 # --------------------------------------------------------------------------------- resume, guards
 def test_kill_and_resume_reproduces_losses(corpus, tmp_path, test_model_dir):
     cfg = _cfg(bd_steps=8, save_every=3, bd_warmup_steps=3)
@@ -216,6 +259,15 @@ def test_config_layers_and_errors(tmp_path):
         "test", 128, 7, 5e-4, ["numpy"], True)
     assert cfg.batch_size == 4  # from the test pipeline preset
     assert load_toml(toml)["ar_steps"] == 7
+    yml = tmp_path / "c.yaml"
+    yml.write_text("seq_len: 96\nar:\n  ar_steps: 9\n")
+    args = p.parse_args(["ar", "--preset", "test", "--config", str(yml)])
+    assert (build_config(args, args.preset).seq_len, load_config(yml)["ar_steps"]) == (96, 9)
+    yml.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        load_config(yml)
+    with pytest.raises(ValueError, match="dtype must be"):
+        build_config(p.parse_args(["ar", "--preset", "test", "--dtype", "fp8"]), "test")
     with pytest.raises(ValueError, match="unknown config field 'seq_lenn'"):
         apply_overrides(TrainConfig(), {"seq_lenn": 3}, "x")
     with pytest.raises(ValueError, match="cannot use"):

@@ -1,7 +1,7 @@
 """``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline``.
 
-Every option of ``TrainConfig`` is a ``--field value`` flag; ``--config FILE.toml`` and
-``--preset NAME`` set many at once (order: defaults < preset < TOML < flags). ``--steps`` and ``--lr``
+Every option of ``TrainConfig`` is a ``--field value`` flag; ``--config FILE.toml`` (or
+``.yaml``) and ``--preset NAME`` set many at once (order: defaults < preset < file < flags). ``--steps`` and ``--lr``
 are shorthands for the stage's own ``--ar-steps`` / ``--bd-lr`` ...
 """
 
@@ -19,7 +19,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices={"corpus": ["build", "tokenize", "info"], "tokenizer": ["train"],
                                            "train": ["ar", "bd", "sft", "pipeline"]}[command],
                         help="what to do")
-    parser.add_argument("--config", default=None, help="TOML file of config fields")
+    parser.add_argument("--config", default=None, help="TOML or YAML file of config fields")
     parser.add_argument("--preset", default=None,
                         help=f"pipeline preset ({', '.join(PIPELINE_PRESETS)}); also sets the model shape")
     parser.add_argument("--out", default=None, help="output folder (corpus, tokenizer, stage or pipeline folder)")

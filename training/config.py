@@ -1,6 +1,6 @@
 """One configuration object for every training stage.
 
-``TrainConfig`` is a flat dataclass: defaults here, then a named preset, then a TOML file, then
+``TrainConfig`` is a flat dataclass: defaults here, then a named preset, then a TOML or YAML file, then
 ``--key value`` on the command line (last wins). It is saved as ``train_config.json`` into every
 checkpoint so that a folder says how it was made. No magic: a field is a field.
 """
@@ -103,8 +103,9 @@ class TrainConfig:
 
     # Hardware.
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
-    compile: bool = False
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16 (autocast anywhere)
+    compile: bool = False  # torch.compile each decoder layer (inductor: Triton on CUDA, C++ on CPU)
+    fused_adamw: bool = True  # one fused AdamW kernel (CUDA and CPU); False = the foreach implementation
     attn: str = "auto"  # auto (flex on CUDA for BD, sdpa otherwise) | sdpa | flex_attention
     parallel: str = "ddp"  # ddp | fsdp (used when WORLD_SIZE > 1)
 
@@ -132,6 +133,10 @@ class TrainConfig:
             raise ValueError("parallel must be ddp or fsdp")
         if not 0 < self.bd_u_init <= 1:
             raise ValueError("bd_u_init must be in (0, 1]")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError("dtype must be auto, float32 or bfloat16")
+        if self.attn not in ("auto", "sdpa", "flex_attention", "eager"):
+            raise ValueError("attn must be auto, sdpa, flex_attention or eager")
 
 
 # Named starting points for `remask train pipeline --preset NAME`. The model shape comes from the
@@ -209,6 +214,35 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} does not exist") from e
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {path} is not valid TOML: {e}") from e
+    return _flatten(data, path)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's keys, flattened like TOML sections (needs PyYAML, which Gradio already pulls in)."""
+    try:
+        import yaml
+    except ImportError as e:
+        raise ValueError(f"config file {path} is YAML but PyYAML is not installed (pip install pyyaml), "
+                         "or write it as TOML") from e
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ValueError(f"config file {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    return _flatten(data if data is not None else {}, path)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """TOML (``.toml``) or YAML (``.yaml``/``.yml``) by extension."""
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        return load_yaml(path)
+    return load_toml(path)
+
+
+def _flatten(data: Any, path: str | Path) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of field names to values")
     flat: dict[str, Any] = {}
     for k, v in data.items():
         if isinstance(v, dict):
@@ -233,7 +267,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
 
 
 def build_config(args: argparse.Namespace, preset_name: str | None = None) -> TrainConfig:
-    """Defaults < pipeline preset < --config TOML < --key value."""
+    """Defaults < pipeline preset < --config TOML/YAML < --key value."""
     cfg = TrainConfig()
     if preset_name:
         from model.config import PRESETS
@@ -246,7 +280,7 @@ def build_config(args: argparse.Namespace, preset_name: str | None = None) -> Tr
             raise ValueError(f"unknown preset {preset_name!r}; known: {', '.join(PIPELINE_PRESETS)} "
                              f"(pipeline) and {', '.join(PRESETS)} (model shapes)")
     if getattr(args, "config", None):
-        cfg = apply_overrides(cfg, load_toml(args.config), str(args.config))
+        cfg = apply_overrides(cfg, load_config(args.config), str(args.config))
     cli = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     cfg = apply_overrides(cfg, cli, "command line")
     cfg.validate()

@@ -3,7 +3,7 @@
 What it does, in order: set up torch.distributed when launched by torchrun (WORLD_SIZE > 1; gloo on
 CPU, nccl on GPU), load or build the model, wrap it (DDP or FSDP2 ``fully_shard``), resume from the
 stage's checkpoint when there is one, then step: micro-batches with bf16 autocast on CUDA, gradient
-clipping, a NaN/inf guard, AdamW (fused on CUDA), cosine or WSD schedule, metrics JSONL (+ TensorBoard
+clipping, a NaN/inf guard, AdamW (fused by default), cosine or WSD schedule, metrics JSONL (+ TensorBoard
 when installed), a tqdm bar, validation every ``eval_every`` steps and atomic checkpoints.
 
 A stage folder holds ``checkpoint/`` (an HF-style model folder with ``train_config.json`` and the
@@ -239,6 +239,8 @@ class Trainer:
         mc = remask_config(model)
         use_flex = self.stage != "ar" and (cfg.attn == "flex_attention"
                                            or (cfg.attn == "auto" and device.type == "cuda"))
+        if use_flex and device.type == "cpu":
+            raise TrainingError("flex attention has no backward pass on CPU in PyTorch: use --attn sdpa (or auto)")
         set_attention_backend(model, "flex_attention" if use_flex else ("sdpa" if cfg.attn == "auto" else cfg.attn))
         model.train()
         model.config.use_cache = False
@@ -268,8 +270,9 @@ class Trainer:
             val_src = PackedData(self.corpus_dir, "val", tok, length, cfg.fim_rate, fs, cfg.seed, salt)
 
         masks = BD3Masks(mc.block_size, use_flex, device)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if device.type == "cuda" and cfg.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+        # Weights and optimizer state stay fp32; matmuls run in bf16 under autocast (CUDA by default).
+        amp = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         self.cur_step = 0
 
         def objective(net, batch, step: int, rows: range, *, eval_mode: bool = False):
@@ -314,7 +317,8 @@ class Trainer:
         no_decay = [p for n, p in lm.named_parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.base_lr,
-                                betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+                                betas=(cfg.beta1, cfg.beta2), fused=cfg.fused_adamw,
+                                foreach=None if cfg.fused_adamw else True)
 
         start_step, elapsed_before, tokens_seen = 0, 0.0, 0
         if resume:
