@@ -297,7 +297,8 @@ def test_pipeline_end_to_end_and_rerun(sources, tmp_path):
 
 # --------------------------------------------------------------------------------- torchrun
 @pytest.mark.slow
-def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir, parallel):
     flags = dict(bd_steps=3, seq_len=32, batch_size=4, warmup_steps=1, bd_warmup_steps=1, fim_rate=0.5, seed=3,
                  save_every=0, eval_every=0, log_every=1, progress=False)
     cfg = _cfg(**flags)
@@ -306,7 +307,7 @@ def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir):
     toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.to_dict().items()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "ui.cli",
            "train", "bd", "--config", str(toml), "--init-from", str(test_model_dir), "--corpus", str(corpus),
-           "--out", str(tmp_path / "two"), "--device", "cpu"]
+           "--out", str(tmp_path / "two"), "--device", "cpu", "--parallel", parallel]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -316,3 +317,7 @@ def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
     assert json.loads((tmp_path / "two" / "checkpoint" / "training_state.json").read_text())["world_size"] == 2
+    # The checkpoint gathered from the two processes (FSDP: from the shards) holds the single-process weights.
+    (m1, _), (m2, _) = (load_checkpoint(tmp_path / run / "checkpoint") for run in ("one", "two"))
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=k)
