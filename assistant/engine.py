@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from model.cache import BlockKVCache
+from model.cache import BlockKVCache, PromptCache
 from model.checkpoint import CheckpointError, resolve_model
 from model.decoder import DecodeCancelled, DecodeConfig, StepEvent, generate
 from model.network import forward_logits, remask_config
@@ -172,6 +172,8 @@ class Engine:
         # None: the model's own decoding (diffusion, or AR for a shifted checkpoint). "ar" forces one token per
         # forward on the same weights: the speed baseline of benchmarks/bench_engine.py.
         self.decode_mode: str | None = None
+        # The keys of the last prompt's whole blocks: the next keystroke's request prefills only what changed.
+        self.prompt_cache = PromptCache()
         fp, fs, fm = tokenizer.fim_ids
         self.fim_prefix = fp if fp is not None else self.cfg.fim_prefix_id
         self.fim_suffix = fs if fs is not None else self.cfg.fim_suffix_id
@@ -457,8 +459,13 @@ class Engine:
                             mode=self.decode_mode or ("ar" if self.cfg.logit_shift else "diffusion"),
                             stop_strings=("\n",) if stop_newline else ())
 
-    def _encode_trim_left(self, text: str, enc, k: int) -> tuple[list[int], bool]:
-        """Ids of the end of ``text`` (encoded as ``enc``) in at most ``k`` tokens, cut at a line start."""
+    def _encode_trim_left(self, text: str, enc, k: int, line0: int = 0) -> tuple[list[int], bool]:
+        """Ids of the end of ``text`` (encoded as ``enc``) in at most ``k`` tokens, cut at a line start.
+
+        The cut goes to a line whose number (``line0`` is that of ``text``'s first line) is a multiple of
+        ``CUT_LINES``: typing at the cursor then leaves the cut, and so the prompt's head, where it was for
+        many keystrokes, which is what lets the prompt cache skip the unchanged blocks.
+        """
         if k <= 0:
             return [], bool(text)
         if len(enc.ids) <= k:
@@ -466,7 +473,14 @@ class Engine:
         cut = enc.offsets[len(enc.ids) - k][0]
         nl = text.find("\n", cut)
         if 0 <= nl < len(text) - 1:
-            cut = nl + 1
+            cut = plain = nl + 1
+            line = line0 + text.count("\n", 0, cut)
+            while line % self.CUT_LINES:
+                nxt = text.find("\n", cut)
+                if nxt < 0 or nxt >= len(text) - 1:
+                    cut = plain  # no aligned line before the cursor's: keep the plain cut
+                    break
+                cut, line = nxt + 1, line + 1
         ids = self.tok.encode(text[cut:])
         return ids[-k:], True
 
@@ -485,6 +499,10 @@ class Engine:
     # Share of the context budget for the prefix when both sides are long: training/fim.py caps FIM samples
     # at 400 prefix and 600 suffix tokens, so the model knows that proportion.
     PREFIX_SHARE = 0.4
+    # Context cuts move in steps (a line number multiple of CUT_LINES for the prefix's head, a multiple of
+    # ROOM_STEP tokens for the room left to the suffix) so that a keystroke rarely changes the prompt's head.
+    CUT_LINES = 8
+    ROOM_STEP = 32
 
     def _context(self, prefix: str, suffix: str, budget: int) -> tuple[list[int], list[int], bool]:
         """Prefix and suffix ids within ``budget`` tokens, split 40/60 unless one side is short.
@@ -496,10 +514,13 @@ class Engine:
         # per token of budget (cut at a line boundary) keeps the cost independent of the file's size.
         window = 8 * budget + 64
         pre_cut = len(prefix) > window
+        line0 = 0
         if pre_cut:
             cut = len(prefix) - window
             nl = prefix.find("\n", cut)
-            prefix = prefix[nl + 1:] if 0 <= nl < len(prefix) - 1 else prefix[cut:]
+            cut = nl + 1 if 0 <= nl < len(prefix) - 1 else cut
+            line0 = prefix.count("\n", 0, cut) if prefix[cut - 1: cut] == "\n" else 0
+            prefix = prefix[cut:]
         suf_cut = len(suffix) > window
         if suf_cut:
             nl = suffix.rfind("\n", 0, window)
@@ -517,10 +538,12 @@ class Engine:
             if s_len <= budget - share:
                 kp, ks = budget - s_len, s_len
             elif p_len <= share:
-                kp, ks = p_len, budget - p_len
+                # The suffix gets what the prefix leaves, in steps: typing must not move the suffix's cut.
+                kp = min(-(-p_len // self.ROOM_STEP) * self.ROOM_STEP, share)
+                ks = budget - kp
             else:
                 kp, ks = share, budget - share
-        p_ids, t1 = self._encode_trim_left(prefix, p_enc, kp)
+        p_ids, t1 = self._encode_trim_left(prefix, p_enc, kp, line0)
         s_ids, t2 = self._encode_trim_right(suffix, s_enc, ks)
         return p_ids, s_ids, t1 or t2 or pre_cut or suf_cut
 
@@ -755,7 +778,8 @@ class Engine:
         try:
             with self._lock:
                 return generate(self.model, prompts, dc, tokenizer=self.tok,
-                                callback=on_step if callback is not None else None, cancel=check)
+                                callback=on_step if callback is not None else None, cancel=check,
+                                prompt_cache=self.prompt_cache)
         except DecodeCancelled as e:
             raise Cancelled() from e
         except ValueError as e:
@@ -919,7 +943,7 @@ class Engine:
         if res is not None:
             stats.update(nfe=res.nfe, steps=res.steps, tokens=res.generated,
                          tokens_per_forward=round(res.tokens_per_forward, 3), elapsed_s=round(res.elapsed_s, 4),
-                         finish=list(res.finish))
+                         finish=list(res.finish), prompt_tokens_reused=res.extra.get("prompt_tokens_reused", 0))
         if prompt is not None:
             stats.update(prompt_tokens=len(prompt.ids), context_trimmed=prompt.trimmed)
         stats.update(extra)

@@ -8,6 +8,13 @@ Each runs ``--warmup`` times untimed, then ``--repeats`` times; the table gives 
 (NFE), generated tokens and tokens per forward. The AR rows decode the same prompts one token per forward
 (``DecodeConfig(mode="ar")``); repair has no AR counterpart, so its AR row rewrites the whole span.
 
+Every timed call above starts from an empty prompt cache (cold). The "typing" rows then type ``--keys``
+characters into a line in the middle of ``assistant/engine.py`` (a long file: the prompt is the full context
+budget) and fill after each keystroke, as an editor's inline completion does: once with the prompt cache
+cleared before each request (cold) and once keeping it (warm: only the blocks from the cursor on are
+prefilled). Same requests, same answers (checked), in the same run; with ``--max-new-tokens`` and with 8
+new tokens (a short ghost-text completion, where the prefill is most of the cost).
+
 Without ``--model`` it uses the shipped default model, or an untrained ``random:small`` with a notice: an
 untrained model never writes EOS, so every decode runs to ``--max-new-tokens`` (a worst case).
 Prints a Markdown table; nothing is written.
@@ -60,6 +67,42 @@ def workloads(text: str):
     ]
 
 
+def typing_rows(engine, settings, keys: int) -> list[tuple]:
+    """Fill after each of ``keys`` keystrokes at one cursor, without and with the prompt cache."""
+    text = (ROOT / "assistant" / "engine.py").read_text(encoding="utf-8")
+    line = "        self.decode_mode: str | None = None\n"
+    cursor = text.index(line) + len(line) + 8
+    text = text[:cursor - 8] + " " * 8 + "\n" + text[cursor - 8:]  # a new indented line, the cursor at its end
+    typed = "self.prompt_tokens_seen = 0"[:keys]
+    out, answers = [], {}
+    for warm in (False, True):
+        engine.prompt_cache.clear()
+        engine.fill(text[:cursor] + text[cursor:], cursor, language="python", settings=settings)  # warm-up
+        times, nfe, reused, toks = [], [], [], []
+        for k in range(1, len(typed) + 1):
+            t = text[:cursor] + typed[:k] + text[cursor:]
+            if not warm:
+                engine.prompt_cache.clear()
+            t0 = time.perf_counter()
+            r = engine.fill(t, cursor + k, language="python", settings=settings)
+            times.append(time.perf_counter() - t0)
+            nfe.append(r.stats["nfe"])
+            toks.append(r.stats["tokens"])
+            reused.append(r.stats["prompt_tokens_reused"] / r.stats["prompt_tokens"])
+            if answers.setdefault(k, r.new_text) != r.new_text:
+                raise SystemExit(f"the prompt cache changed the answer at keystroke {k}")
+        label = (f"prompt cache ({100 * statistics.mean(reused):.1f}% of the prompt reused)" if warm
+                 else "no prompt cache")
+        name = f"typing: fill after each of {len(typed)} keys, max {settings.max_new_tokens} new"
+        out.append((name, label, percentile(times, 0.5) * 1000,
+                    percentile(times, 0.95) * 1000, statistics.mean(nfe), statistics.mean(toks),
+                    statistics.mean(toks) / max(statistics.mean(nfe), 1e-9), ""))
+    if len(out) == 2:
+        n, lbl, a, b, c, d, e_, _ = out[1]
+        out[1] = (n, lbl, a, b, c, d, e_, f"{out[0][2] / a:.2f}x (cold / warm)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped model, else random:small)")
@@ -70,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-ar", action="store_true", help="skip the AR baseline")
+    ap.add_argument("--keys", type=int, default=12, help="keystrokes of the typing rows")
     args = ap.parse_args(argv)
 
     import torch
@@ -99,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 op(engine, s)
             times, nfe, toks = [], [], []
             for _ in range(args.repeats):
+                engine.prompt_cache.clear()
                 t0 = time.perf_counter()
                 r = op(engine, s)
                 times.append(time.perf_counter() - t0)
@@ -115,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             n, lbl, a, b, c, d, e_, _ = rows[-2]
             rows[-2] = (n, lbl, a, b, c, d, e_, f"{p50s['ar'] / p50s[None]:.2f}x")
     engine.decode_mode = None
+    for max_new in sorted({args.max_new_tokens, 8}, reverse=True):  # 8: a short ghost-text completion
+        rows += typing_rows(engine, replace(settings, max_new_tokens=max_new), args.keys)
 
     dev = args.device if args.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"\nEngine latency: {engine.info['description']}, {engine.info['parameters'] / 1e6:.1f}M parameters, "

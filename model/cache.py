@@ -56,3 +56,56 @@ class BlockKVCache:
                 self.keys[i] = self.keys[i][rows]
                 self.values[i] = self.values[i][rows]
         self.batch = int(rows.numel())
+
+
+class PromptCache:
+    """The KV of the last prompt's whole blocks, for the next ``generate`` whose prompt starts the same way.
+
+    An editor asks again at every keystroke with nearly the same prompt: in the suffix-first FIM layout
+    ``<fim_suffix> S <fim_prefix> P <fim_middle>`` typing only extends P, so every block before the cursor's is
+    unchanged. Under block-causal attention a block's keys depend only on the blocks up to it, so the keys of
+    the whole blocks two prompts share are exact and only the rest needs a prefill. One entry (the last
+    prompt): the editor's next request is almost always a neighbour of its previous one.
+    """
+
+    def __init__(self) -> None:
+        self.owner: object | None = None  # the model the keys came from
+        self.block = 0  # the block size they were computed with (it shapes the attention)
+        self.ids: list[int] = []
+        self.keys: list[torch.Tensor] = []  # per layer [heads, len(ids), head_dim]
+        self.values: list[torch.Tensor] = []
+        self.hits = 0  # tokens whose prefill was skipped, over the cache's life
+
+    def reusable(self, model: object, ids: list[int], block: int) -> int:
+        """How many leading tokens of ``ids`` (a multiple of ``block``) have their keys here."""
+        if self.owner is not model or self.block != block or not self.ids:
+            return 0
+        n = 0
+        for a, b in zip(self.ids, ids, strict=False):
+            if a != b:
+                break
+            n += 1
+        return (n // block) * block
+
+    def store(self, model: object, ids: list[int], block: int, cache: BlockKVCache) -> None:
+        """Keep the keys of ``ids`` (slots ``[0, len(ids))`` of row 0 of ``cache``)."""
+        if cache.keys[0] is None:
+            return
+        n = len(ids)
+        self.owner, self.block, self.ids = model, block, list(ids)
+        self.keys = [k[0, :, :n].clone() for k in cache.keys]  # type: ignore[index]
+        self.values = [v[0, :, :n].clone() for v in cache.values]  # type: ignore[index]
+
+    def load_into(self, cache: BlockKVCache, n: int) -> None:
+        """Write the first ``n`` cached slots into every row of ``cache``."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            if cache.keys[i] is None:
+                h, _, d = k.shape
+                cache.keys[i] = k.new_zeros(cache.batch, h, cache.capacity, d)
+                cache.values[i] = v.new_zeros(cache.batch, h, cache.capacity, v.shape[-1])
+            cache.keys[i][:, :, :n] = k[None, :, :n]  # type: ignore[index]
+            cache.values[i][:, :, :n] = v[None, :, :n]  # type: ignore[index]
+        self.hits += n
+
+    def clear(self) -> None:
+        self.__init__()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cache import BlockKVCache
+from .cache import BlockKVCache, PromptCache
 from .masks import block_causal_mask
 from .network import forward_logits, remask_config
 
@@ -171,8 +171,12 @@ class _Row:
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None = None, *,
              tokenizer=None, callback: Callable[[StepEvent], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> DecodeResult:
-    """Generate continuations of each prompt. ``prompts`` are lists of token ids (lengths may differ)."""
+             cancel: Callable[[], bool] | None = None, prompt_cache: PromptCache | None = None) -> DecodeResult:
+    """Generate continuations of each prompt. ``prompts`` are lists of token ids (lengths may differ).
+
+    ``prompt_cache`` (diffusion mode, all prompts equal, e.g. one request or N candidates of it): reuse the
+    keys of the whole blocks this prompt shares with the previous one, and keep this prompt's for the next.
+    """
     cfg = cfg or DecodeConfig()
     cfg.validate()
     if not prompts:
@@ -204,17 +208,24 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
     active = list(range(n))
     nfe = 0
 
-    # Prefill the whole prompt blocks of every row in one forward.
+    # Prefill the whole prompt blocks of every row in one forward (minus the blocks the prompt cache has).
     pre = max(r.block_start for r in rows)
-    if pre > 0:
+    same = prompt_cache is not None and all(list(p) == list(prompts[0]) for p in prompts)
+    reused = prompt_cache.reusable(model, list(prompts[0][:pre]), B) if same and pre > 0 else 0
+    if reused:
+        prompt_cache.load_into(cache, reused)
+    if pre > reused:
         pos = torch.arange(pre)
         allowed = (pos[None, :] // B <= pos[:, None] // B)[None].repeat(n, 1, 1)
         limit = torch.tensor([r.block_start for r in rows])
         allowed &= pos[None, None, :] < limit[:, None, None]
         allowed |= torch.eye(pre, dtype=torch.bool)[None]  # padded queries see themselves (no NaN)
-        forward_logits(model, x[:, :pre].to(device), pos.expand(n, -1).to(device), allowed.to(device),
+        q = slice(reused, pre)
+        forward_logits(model, x[:, q].to(device), pos[q].expand(n, -1).to(device), allowed[:, q].to(device),
                        cache=cache, kv_len=pre, keep=slice(0, 0))
         nfe += 1
+    if same and pre > 0:
+        prompt_cache.store(model, list(prompts[0][:pre]), B, cache)
 
     for i, r in enumerate(rows):
         _new_block(r, x, cfg, B, mask_id, i)
@@ -301,7 +312,9 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             active = [active[j] for j in keep_rows]
             if active:
                 cache.select_rows(torch.tensor(keep_rows, device=device))
-    return _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
+    res = _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
+    res.extra["prompt_tokens_reused"] = reused
+    return res
 
 
 def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:

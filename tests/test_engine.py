@@ -459,3 +459,20 @@ def test_random_preset_gets_a_tokenizer_and_unknown_presets_are_clear():
     assert e.fill(PY, PY.index("<FILL>")).op == "fill"
     with pytest.raises(EngineError, match="unknown preset"):
         Engine.load("random:nope")
+
+
+def test_typing_reuses_the_prompt_keys(test_model_dir):
+    """Fill after fill while typing at the cursor: the unchanged blocks are not prefilled again, and every
+    answer is the one a freshly loaded engine gives."""
+    warm = Engine.load(str(test_model_dir), settings=Settings(max_new_tokens=8, seed=0, threshold=0.5))
+    text = "import os\n\n\ndef walk(root):\n    for name in os.listdir(root):\n        x = \n    return root\n"
+    cursor = text.index("x = ") + 4
+    reused = []
+    for typed in ("", "o", "os", "os.", "os.p"):
+        t = text[:cursor] + typed + text[cursor:]
+        got = warm.fill(t, cursor + len(typed))
+        fresh = Engine.load(str(test_model_dir), settings=warm.settings).fill(t, cursor + len(typed))
+        assert got.new_text == fresh.new_text and fresh.stats["prompt_tokens_reused"] == 0
+        reused.append(got.stats["prompt_tokens_reused"])
+    assert reused[0] == 0 and all(r > 0 for r in reused[1:]), reused
+    assert all(r % warm.cfg.block_size == 0 for r in reused)

@@ -21,7 +21,7 @@ from model import (
     reference_generate,
     save_checkpoint,
 )
-from model.cache import BlockKVCache
+from model.cache import BlockKVCache, PromptCache
 from model.masks import bd3_positions, bd3_training_mask, block_causal_mask
 from model.testing import make_test_tokenizer
 
@@ -125,6 +125,34 @@ def test_cached_equals_uncached_sampling_and_steps(model64) -> None:
                 DecodeConfig(max_new_tokens=10, threshold=0.5, confidence="margin"),
                 DecodeConfig(max_new_tokens=10, threshold=None, confidence="entropy", block_size=8)):
         assert generate(model64, [prompt], cfg).tokens[0] == reference_generate(model64, prompt, cfg)
+
+
+def test_prompt_cache_reuses_shared_blocks_exactly(model64) -> None:
+    """Keystroke after keystroke, a prompt that only grows (or changes late) reuses its shared whole blocks,
+    and the tokens and log-probabilities are those of a fresh prefill."""
+    rng = random.Random(5)
+    base = [rng.randrange(10, 1000) for _ in range(30)]
+    pc = PromptCache()
+    cfg = DecodeConfig(max_new_tokens=9, threshold=0.5)
+    prompts = [base[:21], base[:22], base[:25], base[:26], base[:14] + [7] + base[15:26], base[:26]]
+    expected_reuse = [0, 20, 20, 24, 12, 12]  # whole blocks of 4 shared with the previous prompt
+    for prompt, want in zip(prompts, expected_reuse, strict=True):
+        fresh = generate(model64, [prompt], cfg)
+        got = generate(model64, [prompt], cfg, prompt_cache=pc)
+        assert got.extra["prompt_tokens_reused"] == want
+        assert got.tokens == fresh.tokens
+        assert got.logprobs[0] == pytest.approx(fresh.logprobs[0], abs=1e-9)
+        assert got.nfe == fresh.nfe - (1 if want == (len(prompt) // 4) * 4 else 0)  # no prefill left to run
+    # N identical prompts (regenerate's candidates) share it too; different prompts, block size or model: no.
+    many = generate(model64, [base[:26]] * 3, cfg, prompt_cache=pc)
+    assert many.extra["prompt_tokens_reused"] == 24
+    assert many.tokens == [generate(model64, [base[:26]], cfg).tokens[0]] * 3
+    assert generate(model64, [base[:26], base[:25]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 0
+    assert generate(model64, [base[:26]], DecodeConfig(max_new_tokens=9, block_size=8),
+                    prompt_cache=pc).extra["prompt_tokens_reused"] == 0
+    other = build_model(preset("test"), dtype=torch.float64, seed=2)
+    assert generate(other, [base[:26]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 0
+    assert generate(other, [base[:26]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 24
 
 
 def test_threshold_commits_at_least_one_and_never_remasks(model64) -> None:
