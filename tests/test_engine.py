@@ -476,3 +476,23 @@ def test_typing_reuses_the_prompt_keys(test_model_dir):
         reused.append(got.stats["prompt_tokens_reused"])
     assert reused[0] == 0 and all(r > 0 for r in reused[1:]), reused
     assert all(r % warm.cfg.block_size == 0 for r in reused)
+
+
+@pytest.mark.parametrize("before,after", [(400, 3000), (400, 5), (0, 3000)])
+def test_trimmed_context_keeps_its_head_while_typing(engine, before, after):
+    """In a file longer than the context, keystrokes at the cursor rarely change the prompt's head (the cuts
+    move in steps), so the prompt cache keeps working; the prompt stays within the budget."""
+    head = "".join(f"value_{i} = compute({i}, {i * 7})\n" for i in range(before))
+    rest = "".join(f"w{i} = {i}\n" for i in range(after))
+    s = Settings(max_new_tokens=8, context_tokens=300)
+    typed = "result = value_3 + value_4\n" * 5
+    prompts = []
+    for k in range(len(typed) + 1):
+        p = engine._fim_prompt(head + typed[:k], "\n" + rest, s)
+        assert len(p.ids) <= 300 + 4 and p.trimmed
+        prompts.append(p.ids)
+    moves = 0
+    for a, b in zip(prompts, prompts[1:], strict=False):
+        common = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        moves += common < min(len(a), len(b)) - 8  # more changed than the last few (typed) tokens
+    assert moves <= 1, moves  # 135 keystrokes; cuts that follow every token move 3-8 times here
