@@ -19,7 +19,7 @@ from model.decoder import DecodeConfig, generate
 from model.network import forward_logits, set_attention_backend
 from model.testing import stdlib_texts
 from model.tokenizer import Tokenizer
-from training.config import TrainConfig, apply_overrides, build_config, load_config, load_toml
+from training.config import TrainConfig, apply_overrides, build_config, load_config
 from training.corpus import build_corpus, tokenize_corpus
 from training.objectives import BD3Masks, Noise, bd_forward_masked, bd_noise, mask_cap, weighted
 from training.trainer import Trainer, TrainingError, noise_draws, read_metrics
@@ -258,7 +258,7 @@ def test_config_layers_and_errors(tmp_path):
     assert (cfg.preset, cfg.seq_len, cfg.ar_steps, cfg.ar_lr, cfg.holdout, cfg.compile) == (
         "test", 128, 7, 5e-4, ["numpy"], True)
     assert cfg.batch_size == 4  # from the test pipeline preset
-    assert load_toml(toml)["ar_steps"] == 7
+    assert load_config(toml)["ar_steps"] == 7
     yml = tmp_path / "c.yaml"
     yml.write_text("seq_len: 96\nar:\n  ar_steps: 9\n")
     args = p.parse_args(["ar", "--preset", "test", "--config", str(yml)])
@@ -266,6 +266,11 @@ def test_config_layers_and_errors(tmp_path):
     yml.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_config(yml)
+    yml.write_text("seq_len: [1,\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(yml)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
     with pytest.raises(ValueError, match="dtype must be"):
         build_config(p.parse_args(["ar", "--preset", "test", "--dtype", "fp8"]), "test")
     with pytest.raises(ValueError, match="unknown config field 'seq_lenn'"):

@@ -206,38 +206,25 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str) -> Tr
     return dataclasses.replace(cfg, **changes)
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's keys; sections ([ar], [corpus], ...) are flattened as documentation only."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ValueError(f"config file {path} does not exist") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"config file {path} is not valid TOML: {e}") from e
-    return _flatten(data, path)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's keys, flattened like TOML sections (needs PyYAML, which Gradio already pulls in)."""
-    try:
-        import yaml
-    except ImportError as e:
-        raise ValueError(f"config file {path} is YAML but PyYAML is not installed (pip install pyyaml), "
-                         "or write it as TOML") from e
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ValueError(f"config file {path} does not exist") from e
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    return _flatten(data if data is not None else {}, path)
-
-
 def load_config(path: str | Path) -> dict[str, Any]:
-    """TOML (``.toml``) or YAML (``.yaml``/``.yml``) by extension."""
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        return load_yaml(path)
-    return load_toml(path)
+    """A TOML (or ``.yaml``/``.yml``) file's keys; sections ([ar], [corpus], ...) are flattened, documentation only."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # PyYAML: Gradio already pulls it in
+        except ImportError as e:
+            raise ValueError(f"config file {path} is YAML but PyYAML is not installed (pip install pyyaml), "
+                             "or write it as TOML") from e
+        parse, errors, kind = yaml.safe_load, yaml.YAMLError, "YAML"
+    else:
+        parse, errors, kind = tomllib.loads, tomllib.TOMLDecodeError, "TOML"
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ValueError(f"config file {path} does not exist") from e
+    except errors as e:
+        raise ValueError(f"config file {path} is not valid {kind}: {e}") from e
+    return _flatten(data if data is not None else {}, path)
 
 
 def _flatten(data: Any, path: str | Path) -> dict[str, Any]:
