@@ -8,6 +8,7 @@ import json
 import pytest
 
 from model import DEFAULT_MODEL_DIR, DecodeConfig, resolve_model
+from training.evals.common import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(),
                                 reason="no default model shipped in model/default/")
@@ -49,6 +50,8 @@ def test_default_fills_a_hole_with_valid_python(default) -> None:
     assert "<FILL>" not in res.new_text and res.new_text.startswith("def add(a, b):\n")
 
 
+@pytest.mark.skipif(not (SHARED_DATA / "human-eval-infilling").is_dir(),
+                    reason="HumanEval-Infilling not found in ../shared/data (the repository's sibling folder)")
 def test_recorded_evaluation_reproduces(default) -> None:
     """The model card's regression subset (greedy, so deterministic up to float noise) scores as recorded."""
     from training.evals.humaneval import evaluate
