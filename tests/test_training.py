@@ -326,3 +326,11 @@ def test_torchrun_two_processes_match_single(corpus, tmp_path, test_model_dir, p
     (m1, _), (m2, _) = (load_checkpoint(tmp_path / run / "checkpoint") for run in ("one", "two"))
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "training" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = apply_overrides(TrainConfig(), load_config(path), str(path))
+    cfg.validate()
+    if path.name == "small-gpu.toml":  # the one-command GPU pipeline is bounded by one budget (issue 3: < 9 min)
+        assert 0 < cfg.time_budget_min <= 8.5 and not any(cfg.stage_value(s, "time_min") for s in ("ar", "bd", "sft"))
