@@ -9,6 +9,10 @@ given everything around it, each predicted while masked. ``Engine._token_logprob
 exactly from one clean prefill plus one batched forward of B noisy copies; the flagged tokens are then
 re-decoded in place over the same clean keys (``Engine._inpaint``).
 
+Typing at the cursor changes only the end of such a prompt, so the engine keeps the keys of the last
+prompt's whole blocks (``model.cache.PromptCache``) and the next request prefills only from the first block
+that differs; the context cuts move in steps so that the prompt's head stays put while the user types.
+
 Operations never write files; they return ``EditResult`` (edits, new text, unified diff, candidates).
 One model call runs at a time (a lock), so a server may call the engine from several threads.
 """
