@@ -76,9 +76,12 @@ class PromptCache:
         self.values: list[torch.Tensor] = []
         self.hits = 0  # tokens whose prefill was skipped, over the cache's life
 
-    def reusable(self, model: object, ids: list[int], block: int) -> int:
+    def reusable(self, model: torch.nn.Module, ids: list[int], block: int) -> int:
         """How many leading tokens of ``ids`` (a multiple of ``block``) have their keys here."""
-        if self.owner is not model or self.block != block or not self.ids:
+        if self.owner is not model or self.block != block or not self.ids or not self.keys:
+            return 0
+        p = next(model.parameters())
+        if self.keys[0].device != p.device or self.keys[0].dtype != p.dtype:  # the model was moved or cast
             return 0
         n = 0
         for a, b in zip(self.ids, ids, strict=False):

@@ -153,6 +153,8 @@ def test_prompt_cache_reuses_shared_blocks_exactly(model64) -> None:
     other = build_model(preset("test"), dtype=torch.float64, seed=2)
     assert generate(other, [base[:26]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 0
     assert generate(other, [base[:26]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 24
+    other.float()  # cast in place: same object, other keys
+    assert generate(other, [base[:26]], cfg, prompt_cache=pc).extra["prompt_tokens_reused"] == 0
 
 
 def test_threshold_commits_at_least_one_and_never_remasks(model64) -> None:
