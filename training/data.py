@@ -11,6 +11,7 @@ in Stable-DiffCoder's packing) or, with probability ``fim_rate``, FIM samples pa
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,5 +98,8 @@ def loader(source, rows_for_micro, start: int, stop: int, num_workers: int):
     ds = StepDataset(source, rows_for_micro)
     if num_workers <= 0:
         return (ds[k] for k in range(start, stop))
+    # Workers are forked: tokenizers must not use its thread pool from here on (it would warn in every
+    # worker). Set only now, so that tokenizer training and corpus tokenization before this use every core.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(start, stop),
                                             num_workers=num_workers, prefetch_factor=4, persistent_workers=False))
