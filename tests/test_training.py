@@ -334,3 +334,39 @@ def test_shipped_configs_load_and_validate(path):
     cfg.validate()
     if path.name == "small-gpu.toml":  # the one-command GPU pipeline is bounded by one budget (issue 3: < 9 min)
         assert 0 < cfg.time_budget_min <= 8.5 and not any(cfg.stage_value(s, "time_min") for s in ("ar", "bd", "sft"))
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "human-eval-infilling").is_dir(),
+                    reason="HumanEval-Infilling not found in ../shared/data")
+def test_experiment_arms_share_checkpoint_steps_and_tokens(corpus, tmp_path, test_model_dir, capsys):
+    """`remask train experiment`: (a) AR, (b) BD, (c) BD without warmup, all from one AR checkpoint for the
+    same steps and tokens, evaluated and reported; a rerun skips the finished arms."""
+    from ui.cli import main
+
+    ar = Trainer(_cfg(ar_steps=3), "ar", tmp_path / "ar", corpus, tokenizer_dir=test_model_dir,
+                 log=lambda s: None).run()
+    argv = ["train", "experiment", "--preset", "test", "--init-from", str(ar), "--corpus", str(corpus),
+            "--out", str(tmp_path / "exp"), "--steps", "3", "--no-warmup-arm", "--limit", "3",
+            "--splits", "single-line", "--thresholds", "0.5,0.9", "--seq-len", "32", "--batch-size", "4",
+            "--bd-warmup-steps", "2", "--eval-every", "0", "--save-every", "0", "--progress", "false",
+            "--log-every", "1", "--device", "cpu", "--eval-batch-size", "4"]
+    assert main(argv) == 0
+    exp = tmp_path / "exp"
+    rows = json.loads((exp / "experiment.json").read_text())["rows"]
+    assert [(r["arm"], r["mode"], r["threshold"]) for r in rows] == [
+        ("a", "ar", None), ("b", "diffusion", 0.5), ("b", "diffusion", 0.9), ("c", "diffusion", 0.5),
+        ("c", "diffusion", 0.9)]
+    assert all(r["single-line tasks"] == 3 and 0 <= r["single-line pass@1"] <= 1 for r in rows)
+    assert rows[0]["tokens_per_forward"] == pytest.approx(1.0, abs=0.05)  # AR: one token per forward
+    metrics = {arm: read_metrics(exp / arm / "metrics.jsonl") for arm in "abc"}
+    assert {arm: [r["step"] for r in m] for arm, m in metrics.items()} == {a: [1, 2, 3] for a in "abc"}
+    assert len({m[-1]["tokens"] for m in metrics.values()}) == 1  # the same x_0 tokens per arm
+    assert [r["weighted"] for r in metrics["b"]] == [0, 0, 1] and [r["weighted"] for r in metrics["c"]] == [1, 1, 1]
+    for arm in "abc":  # every arm starts from the shared AR weights
+        assert json.loads((exp / arm / "train_config.json").read_text())["init_from"] == str(ar)
+    assert (exp / "grad_norm.png").stat().st_size > 1000
+    assert "tau 0.9" in (exp / "experiment.md").read_text() and "(c) BD CPT, no warmup" in capsys.readouterr().out
+    # Rerun: finished arms are skipped, the report is written again.
+    assert main(argv) == 0
+    assert [r["step"] for r in read_metrics(exp / "b" / "metrics.jsonl")] == [1, 2, 3]
+    assert main(argv[:-2] + ["--thresholds", "1.5"]) == 2

@@ -1,4 +1,4 @@
-"""``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline``.
+"""``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline|experiment``.
 
 Every option of ``TrainConfig`` is a ``--field value`` flag; ``--config FILE.toml`` (or
 ``.yaml``) and ``--preset NAME`` set many at once (order: defaults < preset < file < flags). ``--steps`` and ``--lr``
@@ -17,7 +17,7 @@ from .config import PIPELINE_PRESETS, add_config_arguments, build_config
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices={"corpus": ["build", "tokenize", "info"], "tokenizer": ["train"],
-                                           "train": ["ar", "bd", "sft", "pipeline"]}[command],
+                                           "train": ["ar", "bd", "sft", "pipeline", "experiment"]}[command],
                         help="what to do")
     parser.add_argument("--config", default=None, help="TOML or YAML file of config fields")
     parser.add_argument("--preset", default=None,
@@ -35,16 +35,25 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--lr", type=float, default=None, help="peak learning rate of this stage")
         parser.add_argument("--time-budget-min", dest="budget", type=float, default=None,
                             help="minutes: the whole pipeline's budget, or this stage's limit")
+        g = parser.add_argument_group("experiment (AR continued vs BD CPT from --init-from, --steps each)")
+        g.add_argument("--no-warmup-arm", action="store_true", help="also train arm (c): BD without warmup")
+        g.add_argument("--limit", type=int, default=200, help="HumanEval-Infilling tasks per split (0 = all)")
+        g.add_argument("--splits", default="single-line,multi-line", help="HumanEval-Infilling splits")
+        g.add_argument("--thresholds", default="0.7,0.8,0.9,0.95", help="thresholds tau for the BD arms")
+        g.add_argument("--exact-files", nargs="*", default=[], help="held-out files or folders for exact match")
+        g.add_argument("--eval-batch-size", type=int, default=16, help="tasks decoded together")
+        g.add_argument("--data", default=None, help="HumanEval-Infilling folder (default ../shared/data/...)")
     add_config_arguments(parser, skip=("preset", "time_budget_min") if command == "train" else ("preset",))
 
 
 def run(command: str, args: argparse.Namespace) -> int:
     from .corpus import CorpusError
+    from .evals.common import EvalError
     from .trainer import TrainingError
 
     try:
         return _run(command, args)
-    except (CorpusError, TrainingError, ValueError) as e:
+    except (CorpusError, TrainingError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -90,6 +99,8 @@ def _run(command: str, args: argparse.Namespace) -> int:
             cfg.time_budget_min = args.budget
         run_pipeline(cfg)
         return 0
+    if action == "experiment":
+        return _experiment(cfg, args)
     from .trainer import Trainer
 
     stage = action
@@ -116,4 +127,35 @@ def _run(command: str, args: argparse.Namespace) -> int:
     ckpt = Trainer(cfg, stage, out, corpus, tokenizer_dir=tok_dir).run()
     if os.environ.get("RANK", "0") == "0":
         print(ckpt)
+    return 0
+
+
+def _experiment(cfg, args: argparse.Namespace) -> int:
+    from .corpus import tokenize_corpus
+    from .evals.humaneval import SPLITS
+    from .experiment import run_experiment
+
+    if not cfg.init_from or args.steps is None:
+        print("error: the experiment needs --init-from AR_CHECKPOINT and --steps N", file=sys.stderr)
+        return 2
+    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+    bad = [x for x in splits if x not in SPLITS]
+    if bad or not splits:
+        print(f"error: unknown split(s) {bad}; choose from {', '.join(SPLITS)}", file=sys.stderr)
+        return 2
+    try:
+        thresholds = [float(x) for x in args.thresholds.split(",") if x.strip()]
+    except ValueError:
+        thresholds = []
+    if not thresholds or any(not 0 < t <= 1 for t in thresholds):
+        print(f"error: --thresholds must be numbers in (0, 1], got {args.thresholds!r}", file=sys.stderr)
+        return 2
+    corpus = Path(args.corpus or Path(cfg.out_dir) / "corpus")
+    tokenize_corpus(corpus, cfg.init_from)
+    out = Path(args.out or Path(cfg.out_dir) / "experiment")
+    md = run_experiment(cfg, corpus, Path(cfg.init_from), out, args.steps, no_warmup_arm=args.no_warmup_arm,
+                        splits=splits, thresholds=thresholds, limit=args.limit or None, seed=0,
+                        exact_files=args.exact_files, device=cfg.device, batch_size=args.eval_batch_size,
+                        data=args.data)
+    print(md.read_text(encoding="utf-8"))
     return 0
