@@ -354,8 +354,7 @@ def test_experiment_arms_share_checkpoint_steps_and_tokens(corpus, tmp_path, tes
     exp = tmp_path / "exp"
     rows = json.loads((exp / "experiment.json").read_text())["rows"]
     assert [(r["arm"], r["mode"], r["threshold"]) for r in rows] == [
-        ("a", "ar", None), ("b", "diffusion", 0.5), ("b", "diffusion", 0.9), ("c", "diffusion", 0.5),
-        ("c", "diffusion", 0.9)]
+        ("a", "ar", None), ("b", "diffusion", 0.5), ("b", "diffusion", 0.9), ("c", "diffusion", 0.9)]
     assert all(r["single-line tasks"] == 3 and 0 <= r["single-line pass@1"] <= 1 for r in rows)
     assert rows[0]["tokens_per_forward"] == pytest.approx(1.0, abs=0.05)  # AR: one token per forward
     metrics = {arm: read_metrics(exp / arm / "metrics.jsonl") for arm in "abc"}
