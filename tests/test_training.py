@@ -121,8 +121,10 @@ def test_warmup_cap_and_weight_switch():
 
 
 # --------------------------------------------------------------------------------- train == infer
-def test_training_mask_matches_cached_inference(test_model_dir):
-    model, _ = load_checkpoint(test_model_dir)
+def test_training_mask_matches_cached_inference(corpus, tmp_path, test_model_dir):
+    bd = Trainer(_cfg(bd_steps=3), "bd", tmp_path / "bd", corpus, init_from=test_model_dir, log=lambda s: None).run()
+    model, _ = load_checkpoint(bd)  # a BD-trained test model
+    assert model.remask_config.kind == "bd"
     L, B, mask_id = 16, 4, model.remask_config.mask_token_id
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(20, 1000, (1, L), generator=g)
