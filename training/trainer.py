@@ -2,7 +2,7 @@
 
 What it does, in order: set up torch.distributed when launched by torchrun (WORLD_SIZE > 1; gloo on
 CPU, nccl on GPU), load or build the model, wrap it (DDP or FSDP2 ``fully_shard``), resume from the
-stage's checkpoint when there is one, then step: micro-batches with bf16 autocast on CUDA, gradient
+stage's checkpoint when there is one, then step: micro-batches with bf16 autocast (default on CUDA), gradient
 clipping, a NaN/inf guard, AdamW (fused by default), cosine or WSD schedule, metrics JSONL (+ TensorBoard
 when installed), a tqdm bar, validation every ``eval_every`` steps and atomic checkpoints.
 
