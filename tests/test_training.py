@@ -371,3 +371,12 @@ def test_experiment_arms_share_checkpoint_steps_and_tokens(corpus, tmp_path, tes
     assert main(argv) == 0
     assert [r["step"] for r in read_metrics(exp / "b" / "metrics.jsonl")] == [1, 2, 3]
     assert main(argv[:-2] + ["--thresholds", "1.5"]) == 2
+
+
+def test_progress_total_follows_the_time_limit():
+    from training.trainer import steps_within
+
+    assert steps_within(10, 1000, run_s=5.0, run_steps=10, left_s=20.0) == 50  # 2 steps/s for 20 s more
+    assert steps_within(10, 30, run_s=5.0, run_steps=10, left_s=20.0) == 30  # the step cap comes first
+    assert steps_within(10, 1000, run_s=5.0, run_steps=10, left_s=-1.0) == 10  # time is up
+    assert steps_within(0, 1000, run_s=0.0, run_steps=0, left_s=60.0) == 1000  # no pace yet

@@ -457,6 +457,9 @@ class Trainer:
                 if "val_loss" in rec:
                     post["val"] = f"{rec['val_loss']:.3f}"
                 bar.set_postfix(post, refresh=False)
+                if self.time_limit_s:  # the time limit, not the step cap, may end the stage: say when
+                    bar.total = steps_within(step, self.max_steps, rec["elapsed_s"] - elapsed_before,
+                                             step - start_step, self.time_limit_s - rec["elapsed_s"])
                 bar.update(1)
                 if self.on_step is not None:
                     self.on_step(step, rec)
@@ -473,6 +476,13 @@ class Trainer:
             self.log(f"{self.stage}: time limit reached after {step} steps")
         self.log(f"{self.stage}: done, {step} steps, {tokens_seen:,} tokens, {elapsed:.0f} s -> {self.ckpt_dir}")
         return self.ckpt_dir
+
+
+def steps_within(step: int, max_steps: int, run_s: float, run_steps: int, left_s: float) -> int:
+    """The step a time-limited stage will end at, at this run's pace (for the progress bar's total and ETA)."""
+    if run_steps <= 0 or run_s <= 0:
+        return max_steps
+    return max(step, min(max_steps, step + int(max(left_s, 0.0) * run_steps / run_s)))
 
 
 def noise_draws(seed: int, salt: int, step: int, rows: range, L: int, block: int):
