@@ -110,8 +110,8 @@ class LossModule(torch.nn.Module):
         self.model = model
         self.fn = fn
 
-    def forward(self, batch, step: int, rows: range):  # noqa: D401
-        return self.fn(self.model, batch, step, rows)
+    def forward(self, batch, step: int, rows: range, eval_mode: bool = False):  # noqa: D401
+        return self.fn(self.model, batch, step, rows, eval_mode=eval_mode)
 
 
 # -------------------------------------------------------------------------------------------- resume IO
@@ -372,11 +372,14 @@ class Trainer:
             with torch.no_grad():
                 for k in range(cfg.eval_batches):
                     rows = range(d.rank * micro, (d.rank + 1) * micro)
-                    loss, stats = objective(model, val_src.batch(k, rows), k, rows, eval_mode=True)
+                    # Through the root module: under FSDP its hooks gather the root's own (sharded) weights.
+                    loss, stats = lm(val_src.batch(k, rows), k, rows, eval_mode=True)
                     sums["val_loss"] = sums.get("val_loss", 0.0) + float(loss)
                     if "elbo" in stats:
                         sums["val_elbo"] = sums.get("val_elbo", 0.0) + stats["elbo"]
                         sums["val_masked_ce"] = sums.get("val_masked_ce", 0.0) + stats["masked_ce"]
+            if hasattr(lm, "reshard"):  # FSDP2 keeps the root's weights gathered after a forward with no backward;
+                lm.reshard()  # shard them again, or the optimizer and the checkpoint see other tensors
             lm.train()
             return {k: d.mean(v / max(cfg.eval_batches, 1)) for k, v in sums.items()}
 
