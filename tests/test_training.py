@@ -20,7 +20,7 @@ from model.network import forward_logits, set_attention_backend
 from model.testing import stdlib_texts
 from model.tokenizer import Tokenizer
 from training.config import TrainConfig, apply_overrides, build_config, load_config
-from training.corpus import build_corpus, tokenize_corpus
+from training.corpus import CorpusError, build_corpus, tokenize_corpus
 from training.objectives import BD3Masks, Noise, bd_forward_masked, bd_noise, mask_cap, weighted
 from training.trainer import Trainer, TrainingError, noise_draws, read_metrics
 
@@ -239,8 +239,12 @@ def test_sft_rows_keep_prompt_clean(corpus, tmp_path, test_model_dir):
     k = len(r) - len(tok.encode(tok.decode(r)))
     assert 1 <= k <= 4 and r[-k:] == [tok.eos_id] * k
     assert p[-len(tok.encode("assistant\n")):] == tok.encode("assistant\n")
-    ck = Trainer(_cfg(sft_steps=3, sft_data=[str(jl)], seq_len=64), "sft", tmp_path / "sft", corpus,
+    with pytest.raises(CorpusError, match="hold no response"):  # rows too short for any prompt: a clear error
+        Trainer(_cfg(sft_steps=3, seq_len=32), "sft", tmp_path / "short", corpus, init_from=test_model_dir,
+                log=lambda s: None).run()
+    ck = Trainer(_cfg(sft_steps=3, sft_data=[str(jl)], seq_len=128), "sft", tmp_path / "sft", corpus,
                  init_from=test_model_dir, log=lambda s: None).run()
+    assert all(r["loss"] > 0 for r in read_metrics(tmp_path / "sft" / "metrics.jsonl"))
     model, _ = load_checkpoint(ck)
     assert model.remask_config.kind == "bd-instruct" and model.remask_config.instruct
 
@@ -286,7 +290,7 @@ def test_pipeline_end_to_end_and_rerun(sources, tmp_path):
     from ui.cli import main
 
     args = ["train", "pipeline", "--preset", "test", "--out", str(tmp_path / "run"), "--sources", str(sources),
-            "--ar-steps", "4", "--bd-steps", "4", "--sft-steps", "2", "--seq-len", "32", "--eval-every", "0",
+            "--ar-steps", "4", "--bd-steps", "4", "--sft-steps", "2", "--seq-len", "128", "--eval-every", "0",
             "--progress", "false", "--tokenizer-max-mb", "0.5"]
     assert main(args) == 0
     run = tmp_path / "run"
@@ -295,6 +299,8 @@ def test_pipeline_end_to_end_and_rerun(sources, tmp_path):
         assert (run / d).is_file(), d
     model, tok = load_checkpoint(run / "sft" / "checkpoint")
     assert model.remask_config.kind == "bd-instruct" and tok is not None
+    sft = [r for r in read_metrics(run / "sft" / "metrics.jsonl") if "loss" in r]
+    assert sft and all(r["loss"] > 0 and r["masked_frac"] > 0 for r in sft)  # the rows held responses
     mtime = (run / "bd" / "checkpoint" / "model.safetensors").stat().st_mtime
     assert main(args) == 0  # everything done: skipped, nothing rewritten
     assert (run / "bd" / "checkpoint" / "model.safetensors").stat().st_mtime == mtime

@@ -143,7 +143,7 @@ class TrainConfig:
 # model preset of the same name; these set data size, steps and batch so the stage times are sensible.
 PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: the tests and a smoke run.
-    "test": dict(preset="test", max_corpus_mb=2.0, tokenizer_max_mb=1.0, seq_len=64, batch_size=4,
+    "test": dict(preset="test", max_corpus_mb=2.0, tokenizer_max_mb=1.0, seq_len=128, batch_size=4,
                  ar_steps=30, bd_steps=30, sft_steps=10, warmup_steps=5, bd_warmup_steps=10,
                  eval_every=10, eval_batches=2, save_every=10, log_every=5),
     # The CPU stopgap default model: ~5M parameters; minutes to hours depending on the step counts.

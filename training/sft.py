@@ -165,6 +165,14 @@ class SFTData:
             elig += [False] * len(p) + [True] * len(r)
         return np.asarray(ids[: self.length], dtype=np.int64), np.asarray(elig[: self.length], dtype=bool)
 
+    def check(self, rows: int = 8) -> float:
+        """Share of response positions in a few rows; an error when there are none (nothing would train)."""
+        share = float(self.batch(0, range(rows))[1].float().mean())
+        if share == 0.0:
+            raise CorpusError(f"SFT rows of {self.length} tokens hold no response: the prompts alone fill them; "
+                              "raise --seq-len")
+        return share
+
     def batch(self, step: int, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self.row(step, i) for i in rows]
         return (torch.from_numpy(np.stack([a for a, _ in items])), torch.from_numpy(np.stack([b for _, b in items])))

@@ -264,6 +264,7 @@ class Trainer:
 
             train_src = SFTData(self.corpus_dir, "train", tok, length, cfg, salt)
             val_src = SFTData(self.corpus_dir, "val", tok, length, cfg, salt)
+            train_src.check()
         else:
             fs = fim_settings(cfg)
             train_src = PackedData(self.corpus_dir, "train", tok, length, cfg.fim_rate, fs, cfg.seed, salt)
