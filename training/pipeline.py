@@ -79,7 +79,8 @@ def run_pipeline(cfg: TrainConfig, log=_log) -> Path:
     final = None
     for s in stages:
         if limits[s]:
-            log(f"{s}: time limit {limits[s]:.1f} min")
+            m = limits[s]
+            log(f"{s}: time limit " + (f"{m:.1f} min" if m >= 1 else f"{60 * m:.0f} s"))
         trainer = Trainer(cfg, s, out / s, corpus_dir, tokenizer_dir=tok_dir, init_from=prev,
                           time_limit_min=limits[s], log=log)
         final = trainer.run()
