@@ -395,10 +395,17 @@ class Trainer:
         step = start_step
         finished_reason = "steps"
         window_t, window_tokens = time.perf_counter(), 0
+        def record(rec: dict) -> None:
+            _append_jsonl(metrics_path, rec)
+            if tb is not None:
+                for k, v in rec.items():
+                    if k != "step":
+                        tb.add_scalar(f"{self.stage}/{k}", v, rec["step"])
+
         if eval_every and start_step == 0:  # the baseline the curve starts from
             rec0 = {"step": 0, **evaluate(0)}
             if d.main:
-                _append_jsonl(metrics_path, rec0)
+                record(rec0)
         try:
             while step < self.max_steps:
                 elapsed = elapsed_before + time.perf_counter() - t_start
@@ -449,11 +456,7 @@ class Trainer:
                 if eval_every and (step % eval_every == 0 or step == self.max_steps):
                     rec.update(evaluate(step))
                 if d.main and (step % max(cfg.log_every, 1) == 0 or "val_loss" in rec or step == self.max_steps):
-                    _append_jsonl(metrics_path, rec)
-                    if tb is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                tb.add_scalar(f"{self.stage}/{k}", v, step)
+                    record(rec)
                     window_t, window_tokens = now, 0
                 post = {"loss": f"{loss_mean:.3f}", "tok/s": f"{rec['tok_s']:.0f}", "lr": f"{lr:.2e}"}
                 if "mask_cap" in rec:
