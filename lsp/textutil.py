@@ -79,6 +79,9 @@ class LineIndex:
         return line, sum(_units(c, self.encoding) for c in seg)
 
 
+WINDOW_LINE_ALIGN = 64
+
+
 def window(text: str, start: int, end: int, max_chars: int) -> tuple[str, int]:
     """A slice of ``text`` around [start, end), cut at line boundaries, at most about ``max_chars`` long.
 
@@ -95,6 +98,12 @@ def window(text: str, start: int, end: int, max_chars: int) -> tuple[str, int]:
         lo = nl + 1 if nl >= 0 else 0
         if lo > start:
             lo = start
+        elif lo > 0:
+            # Start at a line whose number is a multiple of WINDOW_LINE_ALIGN: typing then leaves the window's
+            # start (and the line numbering the engine aligns its context cuts to) where it was, so the engine's
+            # prompt cache keeps matching. Costs at most WINDOW_LINE_ALIGN - 1 lines more.
+            for _ in range(text.count("\n", 0, lo) % WINDOW_LINE_ALIGN):
+                lo = text.rfind("\n", 0, lo - 1) + 1
     if hi < len(text):
         nl = text.find("\n", hi)
         hi = len(text) if nl < 0 else nl + 1

@@ -63,9 +63,23 @@ def test_window_cuts_at_line_boundaries_around_the_cursor():
     text = "".join(f"line {i}\n" for i in range(10_000))
     at = text.index("line 5000")
     sub, base = window(text, at, at, 1000)
-    assert len(sub) < 1200 and sub.startswith("line ") and sub.endswith("\n")
+    assert len(sub) < 1200 + 64 * 10 and sub.startswith("line ") and sub.endswith("\n")
     assert text[base:base + len(sub)] == sub and base <= at < base + len(sub)
     assert window("short", 2, 2, 1000) == ("short", 0)
+
+
+def test_window_start_stays_put_while_typing():
+    """The window starts at a line number that is a multiple of 64, so keystrokes at the cursor rarely move it
+    (the engine's prompt cache relies on the prompt's head staying the same)."""
+    text = "".join(f"value_{i} = {i}\n" for i in range(20_000))
+    at = text.index("value_9000 =")
+    bases = []
+    for k in range(120):
+        t = text[:at] + "x" * k + text[at:]
+        sub, base = window(t, at + k, at + k, 2000)
+        assert t.count("\n", 0, base) % 64 == 0 and base <= at + k < base + len(sub)
+        bases.append(base)
+    assert len(set(bases)) <= 2, sorted(set(bases))  # a plain line-start cut moves every ~15 keystrokes here
 
 
 def test_detect_indent():
