@@ -381,6 +381,8 @@ def test_experiment_arms_share_checkpoint_steps_and_tokens(corpus, tmp_path, tes
     assert main(argv) == 0
     assert [r["step"] for r in read_metrics(exp / "b" / "metrics.jsonl")] == [1, 2, 3]
     assert main(argv[:-2] + ["--thresholds", "1.5"]) == 2
+    bd_init = [a if a != str(ar) else str(exp / "b" / "checkpoint") for a in argv]
+    assert main(bd_init) == 2 and "starts from an AR checkpoint" in capsys.readouterr().err
 
 
 def test_progress_total_follows_the_time_limit():

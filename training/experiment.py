@@ -159,6 +159,10 @@ def run_experiment(cfg: TrainConfig, corpus: Path, init_from: Path, out: Path, s
         raise ValueError("--steps must be positive: the arms train for the same number of steps")
     if not (Path(init_from) / "config.json").is_file():
         raise ValueError(f"--init-from {init_from} is not a checkpoint folder (no config.json)")
+    kind = json.loads((Path(init_from) / "config.json").read_text()).get("remask_kind", "ar")
+    if kind != "ar":
+        raise ValueError(f"--init-from {init_from} is a {kind!r} model; the experiment starts from an AR checkpoint "
+                         f"(the pipeline's ar/checkpoint)")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ckpts = train_arms(cfg, corpus, init_from, out, steps, no_warmup_arm, log)
