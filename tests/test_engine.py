@@ -476,6 +476,15 @@ def test_typing_reuses_the_prompt_keys(test_model_dir):
         reused.append(got.stats["prompt_tokens_reused"])
     assert reused[0] == 0 and all(r > 0 for r in reused[1:]), reused
     assert all(r % warm.cfg.block_size == 0 for r in reused)
+    # A request cancelled mid-decode (the next keystroke) leaves usable keys behind, never wrong ones.
+    t = text[:cursor] + "os.pa" + text[cursor:]
+    tok = CancelToken()
+    with pytest.raises(Cancelled):
+        warm.fill(t, cursor + 5, callback=lambda step: tok.cancel(), cancel=tok)
+    t = text[:cursor] + "os.pat" + text[cursor:]
+    got = warm.fill(t, cursor + 6)
+    assert got.stats["prompt_tokens_reused"] > 0
+    assert got.new_text == Engine.load(str(test_model_dir), settings=warm.settings).fill(t, cursor + 6).new_text
 
 
 @pytest.mark.parametrize("before,after", [(400, 3000), (400, 5), (0, 3000)])
