@@ -220,9 +220,9 @@ class Trainer:
     def run(self) -> Path:
         cfg = self.cfg
         device = pick_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = Dist(device.type)
-        if device.type == "cuda":
+        if device.type == "cuda":  # before the process group: NCCL binds each rank to the current device
             torch.cuda.set_device(device)
+        self.dist = Dist(device.type)
         if self.max_steps <= 0:
             raise TrainingError(f"{self.stage}: the number of steps must be positive")
         d = self.dist
