@@ -51,13 +51,14 @@ class TrainingError(RuntimeError):
 class Dist:
     """Rank/world of this process; initialises the process group when torchrun started several."""
 
-    def __init__(self, device_type: str) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
+        self.device = device  # NCCL reduces only tensors on the GPU
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
     @property
     def main(self) -> bool:
@@ -66,7 +67,7 @@ class Dist:
     def mean(self, x: float) -> float:
         if not self.enabled:
             return x
-        t = torch.tensor([x], dtype=torch.float64)
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t) / self.world
 
@@ -222,7 +223,7 @@ class Trainer:
         device = pick_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
         if device.type == "cuda":  # before the process group: NCCL binds each rank to the current device
             torch.cuda.set_device(device)
-        self.dist = Dist(device.type)
+        self.dist = Dist(device)
         if self.max_steps <= 0:
             raise TrainingError(f"{self.stage}: the number of steps must be positive")
         d = self.dist
