@@ -156,7 +156,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
                   time_budget_min=8.0,
                   ar_steps=3000, bd_steps=3000, sft_steps=400, ar_lr=2e-3, bd_lr=1e-3, sft_lr=3e-4,
                   warmup_steps=200, bd_warmup_steps=300, eval_every=500, eval_batches=8, save_every=1000,
-                  log_every=20, num_workers=6, compile=True),
+                  log_every=20, num_workers=10, compile=True),
     "medium": dict(preset="medium", max_corpus_mb=1000.0, tokenizer_max_mb=100.0, seq_len=2048,
                    batch_size=64, ar_steps=10000, bd_steps=10000, sft_steps=1000, ar_lr=6e-4, bd_lr=3e-4,
                    sft_lr=1e-4, warmup_steps=500, bd_warmup_steps=1000, eval_every=1000, save_every=1000,
