@@ -77,7 +77,7 @@ def typing_rows(engine, settings, keys: int) -> list[tuple]:
     out, answers = [], {}
     for warm in (False, True):
         engine.prompt_cache.clear()
-        engine.fill(text[:cursor] + text[cursor:], cursor, language="python", settings=settings)  # warm-up
+        engine.fill(text, cursor, language="python", settings=settings)  # warm-up
         times, nfe, reused, toks = [], [], [], []
         for k in range(1, len(typed) + 1):
             t = text[:cursor] + typed[:k] + text[cursor:]

@@ -74,7 +74,6 @@ class PromptCache:
         self.ids: list[int] = []
         self.keys: list[torch.Tensor] = []  # per layer [heads, len(ids), head_dim]
         self.values: list[torch.Tensor] = []
-        self.hits = 0  # tokens whose prefill was skipped, over the cache's life
 
     def reusable(self, model: torch.nn.Module, ids: list[int], block: int) -> int:
         """How many leading tokens of ``ids`` (a multiple of ``block``) have their keys here."""
@@ -90,7 +89,7 @@ class PromptCache:
             n += 1
         return (n // block) * block
 
-    def store(self, model: object, ids: list[int], block: int, cache: BlockKVCache) -> None:
+    def store(self, model: torch.nn.Module, ids: list[int], block: int, cache: BlockKVCache) -> None:
         """Keep the keys of ``ids`` (slots ``[0, len(ids))`` of row 0 of ``cache``)."""
         if cache.keys[0] is None:
             return
@@ -108,7 +107,6 @@ class PromptCache:
                 cache.values[i] = v.new_zeros(cache.batch, h, cache.capacity, v.shape[-1])
             cache.keys[i][:, :, :n] = k[None, :, :n]  # type: ignore[index]
             cache.values[i][:, :, :n] = v[None, :, :n]  # type: ignore[index]
-        self.hits += n
 
     def clear(self) -> None:
         self.__init__()

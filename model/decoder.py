@@ -210,8 +210,9 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
 
     # Prefill the whole prompt blocks of every row in one forward (minus the blocks the prompt cache has).
     pre = max(r.block_start for r in rows)
-    same = prompt_cache is not None and all(list(p) == list(prompts[0]) for p in prompts)
-    reused = prompt_cache.reusable(model, list(prompts[0][:pre]), B) if same and pre > 0 else 0
+    head = list(prompts[0][:pre])
+    same = prompt_cache is not None and pre > 0 and all(list(p) == list(prompts[0]) for p in prompts[1:])
+    reused = prompt_cache.reusable(model, head, B) if same else 0
     if reused:
         prompt_cache.load_into(cache, reused)
     if pre > reused:
@@ -224,8 +225,8 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
         forward_logits(model, x[:, q].to(device), pos[q].expand(n, -1).to(device), allowed[:, q].to(device),
                        cache=cache, kv_len=pre, keep=slice(0, 0))
         nfe += 1
-    if same and pre > 0:
-        prompt_cache.store(model, list(prompts[0][:pre]), B, cache)
+    if same:
+        prompt_cache.store(model, head, B, cache)
 
     for i, r in enumerate(rows):
         _new_block(r, x, cfg, B, mask_id, i)

@@ -132,6 +132,7 @@ def _run(command: str, args: argparse.Namespace) -> int:
 
 def _experiment(cfg, args: argparse.Namespace) -> int:
     from .corpus import tokenize_corpus
+    from .evals.cli import _floats
     from .evals.humaneval import SPLITS
     from .experiment import run_experiment
 
@@ -144,11 +145,9 @@ def _experiment(cfg, args: argparse.Namespace) -> int:
         print(f"error: unknown split(s) {bad}; choose from {', '.join(SPLITS)}", file=sys.stderr)
         return 2
     try:
-        thresholds = [float(x) for x in args.thresholds.split(",") if x.strip()]
-    except ValueError:
-        thresholds = []
-    if not thresholds or any(not 0 < t <= 1 for t in thresholds):
-        print(f"error: --thresholds must be numbers in (0, 1], got {args.thresholds!r}", file=sys.stderr)
+        thresholds = _floats(args.thresholds)
+    except argparse.ArgumentTypeError as e:
+        print(f"error: --thresholds: {e}", file=sys.stderr)
         return 2
     corpus = Path(args.corpus or Path(cfg.out_dir) / "corpus")
     tokenize_corpus(corpus, cfg.init_from)

@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 from .config import TrainConfig
+from .pipeline import _log
 from .trainer import Trainer, read_metrics
 
 ARMS = {"a": ("ar", "AR continued"), "b": ("bd", "BD CPT"), "c": ("bd", "BD CPT, no warmup")}
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def train_arms(cfg: TrainConfig, corpus: Path, init_from: Path, out: Path, steps: int, no_warmup_arm: bool,
@@ -101,9 +97,8 @@ def _exact_match(model, tok, files: list[str], mode: str, tau: float | None, see
 
     dc = DecodeConfig(max_new_tokens=128, mode=mode, threshold=tau)
     paths = [f for spec in files for f in collect_files(spec)]
-    _, s = span_eval(paths, model, tok, dc, per_kind=50, seed=seed, batch_size=batch)
-    return {"held-out exact match": sum(v["exact_match"] * v["spans"] for v in s["kinds"].values())
-            / max(sum(v["spans"] for v in s["kinds"].values()), 1)}
+    records, _ = span_eval(paths, model, tok, dc, per_kind=50, seed=seed, batch_size=batch)
+    return {"held-out exact match": sum(r["exact_match"] for r in records) / max(len(records), 1)}
 
 
 def plot_grad_norms(out: Path, arms: list[str]) -> Path | None:
