@@ -31,7 +31,7 @@ import torch
 
 from model.cache import BlockKVCache, PromptCache
 from model.checkpoint import CheckpointError, resolve_model
-from model.decoder import DecodeCancelled, DecodeConfig, StepEvent, generate
+from model.decoder import DecodeCancelled, DecodeConfig, DecodeResult, StepEvent, generate
 from model.network import forward_logits, remask_config
 
 from .api import (
@@ -108,6 +108,10 @@ def apply_edits(text: str, edits: list[TextEdit]) -> str:
 
 
 _INDENT = re.compile(r"[ \t]*")
+# A file with hundreds of holes is filled a batch at a time: at most MAX_BATCH_ROWS rows, and no more than
+# fit KV_BUDGET_BYTES of KV cache (an 8B model: about 9 rows of 1,600 tokens; the small default: 64).
+MAX_BATCH_ROWS = 64
+KV_BUDGET_BYTES = 2 << 30
 
 
 def _indent(line: str) -> str:
@@ -761,13 +765,21 @@ class Engine:
                  "tokens_per_forward": round(len(masked_pos) / max(nfe, 1), 3)}
         return x.tolist(), new_lp, stats
 
+    def _batch_rows(self, tokens: int) -> int:
+        """Rows per decode call whose KV cache of ``tokens`` positions fits KV_BUDGET_BYTES."""
+        c = self.cfg
+        head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
+        elem = next(self.model.parameters()).element_size()
+        per_row = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * elem
+        return max(1, min(MAX_BATCH_ROWS, KV_BUDGET_BYTES // max(per_row, 1)))
+
     def _generate(self, prompts: list[list[int]], s: Settings, stop_newline: bool, spans: list[Span],
                   callback, cancel):
         """Run the decoder over a batch, translating steps to EngineSteps and cancellation to Cancelled."""
         dc = self._decode_config(s, stop_newline)
         check = self._cancel(cancel)
 
-        def on_step(ev: StepEvent) -> None:
+        def on_step(ev: StepEvent, spans: list[Span]) -> None:
             pieces = []
             for row in ev.rows:
                 toks: list[tuple[str, bool]] = []
@@ -779,15 +791,33 @@ class Engine:
             callback(EngineStep(step=ev.step, nfe=ev.nfe, elapsed_s=ev.elapsed_s, pieces=pieces,
                                 committed=sum(ev.committed), spans=list(spans)))
 
+        parts: list[DecodeResult] = []
         try:
             with self._lock:
-                return generate(self.model, prompts, dc, tokenizer=self.tok,
-                                callback=on_step if callback is not None else None, cancel=check,
-                                prompt_cache=self.prompt_cache)
+                step = self._batch_rows(max(len(p) for p in prompts) + s.max_new_tokens)
+                for a in range(0, len(prompts), step):
+                    b = a + step
+                    sub = spans[a:b] if len(spans) == len(prompts) else spans
+
+                    def chunk_step(ev: StepEvent, sub=sub) -> None:
+                        on_step(ev, sub)
+
+                    parts.append(generate(self.model, prompts[a:b], dc, tokenizer=self.tok,
+                                          callback=chunk_step if callback is not None else None, cancel=check,
+                                          prompt_cache=self.prompt_cache))
         except DecodeCancelled as e:
             raise Cancelled() from e
         except ValueError as e:
             raise EngineError(str(e)) from e
+        if len(parts) == 1:
+            return parts[0]
+        return DecodeResult(tokens=[t for r in parts for t in r.tokens],
+                            logprobs=[lp for r in parts for lp in r.logprobs],
+                            commit_steps=[c for r in parts for c in r.commit_steps],
+                            finish=[f for r in parts for f in r.finish], nfe=sum(r.nfe for r in parts),
+                            steps=sum(r.steps for r in parts), elapsed_s=sum(r.elapsed_s for r in parts),
+                            texts=[t for r in parts for t in r.texts] if all(r.texts for r in parts) else None,
+                            extra={"batches": len(parts)})
 
     def _fill_holes(self, op: str, text: str, holes: list[Hole], parsed: Parsed, language, settings,
                     callback, cancel, rounds: int = 1) -> EditResult:

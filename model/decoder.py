@@ -25,6 +25,28 @@ from .masks import block_causal_mask
 from .network import forward_logits, remask_config
 
 CONFIDENCES = ("low_confidence", "margin", "entropy", "random")
+# Prefill queries per forward are cut so that rows x queries x keys stays under this many mask/score
+# entries: one request prefills in one forward, a batch of a hundred long prompts (fill all holes of a
+# file) in several instead of one [rows, heads, L, L] attention matrix that runs a laptop out of memory.
+PREFILL_BUDGET = 1 << 25
+
+
+def _prefill(model, x: torch.Tensor, limit: torch.Tensor, q0: int, q1: int, block: int, cache: BlockKVCache,
+             device) -> None:
+    """Write the keys of positions [q0, q1) of every row into ``cache``, in memory-bounded query chunks.
+
+    Query q sees key k when k's block is not after q's (``block`` 1: plain causal) and k is one of its row's
+    prompt positions (k < ``limit[row]``); a padded query sees itself (no NaN). A chunk never needs later
+    keys, so it attends to the cache slots [0, chunk end) that the chunks before it filled.
+    """
+    n = x.shape[0]
+    chunk = max(block, PREFILL_BUDGET // max(n * q1, 1) // block * block)
+    for a in range(q0, q1, chunk):
+        b = min(q1, a + chunk)
+        qp, kp = torch.arange(a, b)[None, :, None], torch.arange(b)[None, None, :]
+        allowed = ((kp // block <= qp // block) & (kp < limit[:, None, None])) | (kp == qp)
+        forward_logits(model, x[:, a:b].to(device), qp[0, :, 0].expand(n, -1).to(device), allowed.to(device),
+                       cache=cache, kv_len=b, keep=slice(0, 0))
 
 
 class DecodeCancelled(Exception):
@@ -216,15 +238,8 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
     if reused:
         prompt_cache.load_into(cache, reused)
     if pre > reused:
-        pos = torch.arange(pre)
-        allowed = (pos[None, :] // B <= pos[:, None] // B)[None].repeat(n, 1, 1)
-        limit = torch.tensor([r.block_start for r in rows])
-        allowed &= pos[None, None, :] < limit[:, None, None]
-        allowed |= torch.eye(pre, dtype=torch.bool)[None]  # padded queries see themselves (no NaN)
-        q = slice(reused, pre)
-        forward_logits(model, x[:, q].to(device), pos[q].expand(n, -1).to(device), allowed[:, q].to(device),
-                       cache=cache, kv_len=pre, keep=slice(0, 0))
-        nfe += 1
+        _prefill(model, x, torch.tensor([r.block_start for r in rows]), reused, pre, B, cache, device)
+        nfe += 1  # one prefill, however many memory-bounded chunks it took
     if same:
         prompt_cache.store(model, head, B, cache)
 
@@ -389,13 +404,7 @@ def _generate_ar(model, prompts, cfg: DecodeConfig, tokenizer, callback, cancel)
     nfe = 0
     pre = max(lens) - 1  # every row's prompt except its last token
     if pre > 0:
-        pos = torch.arange(pre)
-        allowed = (pos[None, :] <= pos[:, None])[None].repeat(n, 1, 1)
-        lim = torch.tensor([L - 1 for L in lens])
-        allowed &= pos[None, None, :] < lim[:, None, None]
-        allowed |= torch.eye(pre, dtype=torch.bool)[None]
-        forward_logits(model, x[:, :pre].to(device), pos.expand(n, -1).to(device), allowed.to(device),
-                       cache=cache, kv_len=pre, keep=slice(0, 0))
+        _prefill(model, x, torch.tensor([L - 1 for L in lens]), 0, pre, 1, cache, device)
         nfe += 1
     cur = torch.tensor([L for L in lens])  # position of the next token to produce, per row
     active = list(range(n))

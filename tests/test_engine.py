@@ -101,6 +101,21 @@ def test_fill_all_equals_hole_by_hole(engine):
     assert together.new_text == apply_edits(PY, one_by_one)
 
 
+def test_fill_all_decodes_many_holes_in_bounded_batches(engine, monkeypatch):
+    """A file with more holes than MAX_BATCH_ROWS is filled a batch at a time, with the one-batch answers;
+    the streamed steps carry each batch's own spans."""
+    import assistant.engine as eng
+
+    text = "".join(f"def f{i}(x):\n    pass\n\n\n" for i in range(7))
+    whole = engine.fill_all(text, language="python", settings=FAST)
+    steps = []
+    monkeypatch.setattr(eng, "MAX_BATCH_ROWS", 3)
+    cut = engine.fill_all(text, language="python", settings=FAST, callback=steps.append)
+    assert cut.stats["holes"] == 7 and cut.new_text == whole.new_text
+    assert [e.new_text for e in cut.edits] == [e.new_text for e in whole.edits]
+    assert {len(s.pieces) for s in steps} == {3, 1} and all(len(s.spans) == len(s.pieces) for s in steps)
+
+
 def test_fill_all_within_a_range_and_no_holes(engine):
     start = PY.index("def mul")
     r = engine.fill_all(PY, language="python", settings=FAST, within=(start, len(PY)))

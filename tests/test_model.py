@@ -236,6 +236,41 @@ def test_batch_equals_per_row(model64) -> None:
             assert batch.tokens[i] == single.tokens[0]
 
 
+def test_chunked_prefill_equals_one_forward(model64, monkeypatch) -> None:
+    """A batch of long prompts prefills in query chunks (bounded memory) with the same tokens and scores."""
+    import model.decoder as dec
+
+    rng = random.Random(3)
+    prompts = [[rng.randrange(10, 1000) for _ in range(n)] for n in (37, 5, 22, 40)]
+    cache = PromptCache()
+    for cfg in (DecodeConfig(max_new_tokens=9, threshold=0.3), DecodeConfig(max_new_tokens=9, mode="ar")):
+        whole = generate(model64, prompts, cfg)
+        calls: list[int] = []
+        real = dec.forward_logits
+
+        def counting(*a, calls=calls, real=real, **k):
+            calls.append(a[1].shape[1])
+            return real(*a, **k)
+
+        monkeypatch.setattr(dec, "forward_logits", counting)
+        monkeypatch.setattr(dec, "PREFILL_BUDGET", 4 * 40 * 8)  # rows x keys x 8 queries: chunks of 8 tokens
+        chunked = generate(model64, prompts, cfg)
+        monkeypatch.undo()
+        assert calls[:5] == [8, 8, 8, 8, 8 if cfg.mode == "diffusion" else 7]  # prefill of 40 / 39 keys
+        assert chunked.tokens == whole.tokens and chunked.nfe == whole.nfe
+        for a, b in zip(chunked.logprobs, whole.logprobs, strict=True):
+            assert a == pytest.approx(b, abs=1e-9)
+    # the prompt cache reuses blocks written by a chunked prefill exactly as by a single one
+    monkeypatch.setattr(dec, "PREFILL_BUDGET", 40 * 8)
+    cfg = DecodeConfig(max_new_tokens=9, threshold=0.3)
+    first = generate(model64, [prompts[0]], cfg, prompt_cache=cache)
+    again = generate(model64, [prompts[0][:30] + [7, 8, 9]], cfg, prompt_cache=cache)
+    assert again.extra["prompt_tokens_reused"] == 28
+    monkeypatch.undo()
+    assert again.tokens == generate(model64, [prompts[0][:30] + [7, 8, 9]], cfg).tokens
+    assert first.tokens == generate(model64, [prompts[0]], cfg).tokens
+
+
 def test_ar_mode_matches_full_forward_argmax(model64) -> None:
     """AR on a no-shift model = predict a mask after the prefix under a causal mask, one token per forward."""
     prompt = [30, 31, 32]
