@@ -158,12 +158,15 @@ async def _apply(ls: RemaskServer, args: tuple, *, instruction_required: bool) -
         res = await ls.run_job(calls[op], title=f"remask: {titles[op]}", total=settings.max_new_tokens,
                                cancel=cancel)
     except JsonRpcRequestCancelled:
-        if doc.version == version:
+        if doc.version == version and ls.is_open(doc):
             raise  # cancelled from the progress bar
         res = None
     finally:
         ls.doc_jobs.get(doc.uri, set()).discard(cancel)
-    if res is None or doc.version != version or ls.workspace.text_documents.get(doc.uri) is not doc:
+    if not ls.is_open(doc):
+        ls.log(f"dropped a {op} result for {doc.uri}: the document was closed", T.MessageType.Warning)
+        return {"applied": False, "op": op, "reason": "closed", "version": version}
+    if res is None or doc.version != version:
         msg = (f"dropped a stale {op} result for {doc.uri}: it was computed for version {version}, "
                f"the document is now at version {doc.version}")
         ls.log(msg, T.MessageType.Warning)

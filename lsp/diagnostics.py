@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from lsprotocol import types as T
 
+from .documents import key as doc_key
 from .textutil import window
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ async def diagnose(ls: RemaskServer, uri: str) -> None:
         engine = ls.engine
         if engine is None or ls.state != "ready":
             return
-        doc = ls.workspace.text_documents.get(unquote(uri)) or ls.workspace.text_documents.get(uri)
+        doc = ls.docs.get(doc_key(uri))
         if doc is None:
             return
         version, idx = doc.version, ls.index(doc)

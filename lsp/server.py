@@ -33,7 +33,6 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import unquote
 
 from lsprotocol import types as T
 from pygls.exceptions import (
@@ -45,6 +44,7 @@ from pygls.exceptions import (
 )
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 from assistant.api import Cancelled, CancelToken, EngineError, EngineStep
 
@@ -52,6 +52,8 @@ from .actions import range_json, run_command
 from .common import CMD_APPLY, CMD_INSTRUCT, MAX_CONTEXT_CHARS, REQUEST_FAILED, failed, guarded, jsonable
 from .config import SECTION, ConfigError, ServerConfig
 from .diagnostics import schedule_diagnostics
+from .documents import Document
+from .documents import key as doc_key
 from .progress import Progress
 from .textutil import LineIndex, PositionError, clean_insertion, detect_indent, window
 
@@ -85,6 +87,23 @@ class _MalformedRequest:
 
 
 class RemaskProtocol(LanguageServerProtocol):
+    # The open documents live in RemaskServer.docs (documents.py says why). pygls' own copies are not kept:
+    # its didChange would also clamp the change's positions in place, before our handler saw them.
+    @lsp_method(T.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: T.DidOpenTextDocumentParams):
+        if (handler := self.fm.features.get(T.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(T.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: T.DidChangeTextDocumentParams):
+        if (handler := self.fm.features.get(T.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(T.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: T.DidCloseTextDocumentParams):
+        if (handler := self.fm.features.get(T.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
     def structure_message(self, data: dict[str, Any]):
         try:
             return super().structure_message(data)
@@ -149,6 +168,7 @@ class RemaskServer(LanguageServer):
         self._diag_hint: dict[str, int] = {}  # uri -> line of the last change (diagnostics look around it)
         self._holes: dict[str, tuple[int | None, list]] = {}  # uri -> (version, holes): one scan per version
         self._indexes: dict[str, tuple[int | None, str, LineIndex]] = {}
+        self.docs: dict[str, Document] = {}  # documents.key(uri) -> the open document (our copy, see documents.py)
         self._load_task: asyncio.Task | None = None
         self._notice_shown = False
         self._stop = threading.Event()
@@ -206,11 +226,14 @@ class RemaskServer(LanguageServer):
         """The open document ``uri``; an unknown one is an error (never read from disk)."""
         if not isinstance(uri, str):
             raise JsonRpcInvalidParams("textDocument.uri must be a string")
-        docs = self.workspace.text_documents
-        doc = docs.get(unquote(uri)) or docs.get(uri)
+        doc = self.docs.get(doc_key(uri))
         if doc is None:
             raise failed(f"document {uri} is not open (send textDocument/didOpen first)")
         return doc
+
+    def is_open(self, doc: Document) -> bool:
+        """Whether ``doc`` is still the open document (not closed, nor closed and opened again)."""
+        return self.docs.get(doc_key(doc.uri)) is doc
 
     def index(self, doc) -> LineIndex:
         """Line index of the document's current version, cached per version."""
@@ -502,6 +525,26 @@ def _load_engine(model: str | None, device: str, settings: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 # handlers
 
+def _forget(ls: RemaskServer, uri: str) -> None:
+    """Drop what the server keeps for ``uri`` and stop the work computing against it."""
+    t = ls._diag_tasks.pop(uri, None)
+    if t is not None:
+        t.cancel()
+    ls._indexes.pop(uri, None)
+    ls._holes.pop(uri, None)
+    for tok in ls.doc_jobs.pop(uri, ()):
+        tok.cancel()
+    ls._diag_hint.pop(uri, None)
+    job = ls._inline.pop(uri, None)
+    if job is not None:
+        job.superseded = True
+        job.cancel.cancel()
+        if job.task is not None:
+            job.task.cancel()
+    if ls.config.features.diagnostics:
+        ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+
+
 def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) -> RemaskServer:
     ls = RemaskServer(config, load_delay)
 
@@ -521,6 +564,13 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
     @ls.feature(T.SHUTDOWN)
     def shutdown(ls: RemaskServer, params: Any) -> None:
         ls.cancel_everything()
+        # pygls cancels the pending requests next, iterating over its table of them, and a cancelled request's
+        # done-callback deletes it from that table ("dictionary changed size during iteration"): cancel them
+        # here first, over a copy, so that its loop finds them all done.
+        proto = ls.protocol
+        for msg_id, fut in list(getattr(proto, "_request_futures", {}).items()):
+            if msg_id != getattr(proto, "msg_id", None) and not fut.done():
+                fut.cancel()
 
     @ls.feature(T.TEXT_DOCUMENT_INLINE_COMPLETION, T.InlineCompletionOptions())
     @guarded
@@ -660,14 +710,27 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
 
     @ls.feature(T.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: RemaskServer, params: T.DidOpenTextDocumentParams) -> None:
-        ls.schedule_diagnostics(params.text_document.uri)
+        td = params.text_document
+        old = ls.docs.get(doc_key(td.uri))
+        if old is not None:  # opened again without a close: what was computed for the old one is stale
+            _forget(ls, old.uri)
+        ls.docs[doc_key(td.uri)] = Document(td.uri, td.text, td.version, td.language_id)
+        ls.schedule_diagnostics(td.uri)
 
     @ls.feature(T.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: RemaskServer, params: T.DidChangeTextDocumentParams) -> None:
-        uri = params.text_document.uri
+        doc = ls.docs.get(doc_key(params.text_document.uri))
+        if doc is None:
+            ls.log(f"didChange for {params.text_document.uri}, which is not open: ignored", T.MessageType.Warning)
+            return
+        uri = doc.uri
         for ch in params.content_changes:
+            if not doc.apply(ch, ls.encoding):
+                ls.log(f"a change to {uri} starts past the end of the document: applied at the end",
+                       T.MessageType.Warning)
             if isinstance(ch, T.TextDocumentContentChangePartial):
                 ls._diag_hint[uri] = ch.range.start.line
+        doc.version = params.text_document.version
         # work computed against the old text would be dropped anyway: stop it now and free the model
         for tok in ls.doc_jobs.get(uri, ()):
             tok.cancel()
@@ -679,23 +742,11 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
 
     @ls.feature(T.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: RemaskServer, params: T.DidCloseTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        t = ls._diag_tasks.pop(uri, None)
-        if t is not None:
-            t.cancel()
-        ls._indexes.pop(uri, None)
-        ls._holes.pop(uri, None)
-        for tok in ls.doc_jobs.pop(uri, ()):
-            tok.cancel()
-        ls._diag_hint.pop(uri, None)
-        job = ls._inline.pop(uri, None)
-        if job is not None:
-            job.superseded = True
-            job.cancel.cancel()
-            if job.task is not None:
-                job.task.cancel()
-        if ls.config.features.diagnostics:
-            ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+        doc = ls.docs.pop(doc_key(params.text_document.uri), None)
+        if doc is not None:
+            _forget(ls, doc.uri)
+        if doc is None or doc.uri != params.text_document.uri:
+            _forget(ls, params.text_document.uri)
 
     return ls
 
@@ -729,11 +780,11 @@ def _apply_settings(ls: RemaskServer, raw: Any) -> None:
         for task in list(ls._diag_tasks.values()):
             task.cancel()
         ls._diag_tasks.clear()
-        for uri in list(ls.workspace.text_documents):
-            ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+        for doc in list(ls.docs.values()):
+            ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=doc.uri, diagnostics=[]))
     elif new.features.diagnostics and not old.features.diagnostics:
-        for uri in list(ls.workspace.text_documents):
-            ls.schedule_diagnostics(uri)
+        for doc in list(ls.docs.values()):
+            ls.schedule_diagnostics(doc.uri)
     ls.log("configuration updated: " + ", ".join(
         f"{k}={v}" for k, v in new.as_json().items() if old.as_json().get(k) != v))
 

@@ -143,7 +143,7 @@ def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator | None)
     if temperature <= 0:
         return logits.argmax(-1)
     u = torch.rand(logits.shape, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
-    g = -torch.log(-torch.log(u.clamp(1e-300, 1.0)).clamp_min(1e-300))
+    g = -torch.log((-torch.log(u.clamp(1e-300, 1.0))).clamp_min(1e-300))  # Gumbel(0, 1)
     return (logits.double() + temperature * g).argmax(-1)
 
 

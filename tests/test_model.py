@@ -236,6 +236,19 @@ def test_batch_equals_per_row(model64) -> None:
             assert batch.tokens[i] == single.tokens[0]
 
 
+def test_temperature_samples_from_the_softmax() -> None:
+    """Gumbel-max at temperature T draws token i with probability softmax(logits / T)_i."""
+    from model.decoder import _pick
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(20000, -1)
+    for temp in (1.0, 0.5):
+        picks = _pick(logits, temp, torch.Generator().manual_seed(0))
+        freq = torch.bincount(picks, minlength=4).double() / picks.numel()
+        torch.testing.assert_close(freq, torch.softmax(logits[0].double() / temp, -1), atol=0.015, rtol=0)
+    a, b = (_pick(logits[:50], 1.0, torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert not torch.equal(a, b)  # seeds matter
+
+
 def test_chunked_prefill_equals_one_forward(model64, monkeypatch) -> None:
     """A batch of long prompts prefills in query chunks (bounded memory) with the same tokens and scores."""
     import model.decoder as dec
