@@ -411,6 +411,29 @@ async def test_each_code_action_is_applied_as_a_versioned_edit(client, engine, t
     assert ends and all(isinstance(x, T.WorkDoneProgressEnd) for x in ends)
 
 
+async def test_incremental_changes_follow_the_lsp_line_rules_and_encoded_uris(client, engine):
+    """The server's copy stays the editor's: only \\n, \\r\\n, \\r break lines (not a form feed), a character past
+    the end of a line is its end (not after its line break), and a percent-encoded URI is one document."""
+    def rng(line: int, char: int) -> T.Range:
+        return T.Range(start=T.Position(line=line, character=char), end=T.Position(line=line, character=char))
+
+    text = 's = "a\x0cb\u2028c"\r\nx = 1\r\ny = <FILL>\r\n'
+    uri = open_doc(client, text, name="with space.py")
+    assert "%20" in uri
+    change_doc(client, uri, 2, rng(1, 0), "z = 2; ")
+    change_doc(client, uri, 3, rng(1, 99), "  # c")
+    change_doc(client, uri, 4, rng(0, 7), "_")  # after the form feed
+    text = 's = "a\x0c_b\u2028c"\r\nz = 2; x = 1  # c\r\ny = <FILL>\r\n'
+    (action,) = [a for a in await code_actions(client, uri, pos_of(text, "<FILL>", False))
+                 if a.title == "Fill all holes in file (1)"]
+    out = await run_action(client, action)
+    expected = engine.fill_all(text, language="python", settings=settings())
+    assert out["applied"] is True and out["version"] == 4
+    (doc_edit,) = client.applied[-1].edit.document_changes
+    assert doc_edit.text_document.uri == uri
+    assert apply_text_edits(text, list(doc_edit.edits)) == expected.new_text
+
+
 async def test_edit_with_instruction_needs_an_instruct_model(client):
     uri = open_doc(client, CODE)
     with pytest.raises(JsonRpcException) as ei:
