@@ -106,7 +106,9 @@ def write_atomic(path: Path, text: str, bom: bool = False, backup: bool = True,
 
     ``expect``: the stat taken when the file was read; a file changed since is not overwritten.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a symlink to its target: the link stays a link
+    if path.exists() and not path.stat().st_mode & 0o222:
+        raise CliError(f"{path}: the file is read-only; nothing written (make it writable to apply edits)")
     if expect is not None:
         try:
             now = path.stat()
@@ -117,10 +119,14 @@ def write_atomic(path: Path, text: str, bom: bool = False, backup: bool = True,
     data = (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8")
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
     backup_path = None
-    if backup and path.exists():
-        backup_path = path.with_name(path.name + ".orig")
-        atomic_write(backup_path, path.read_bytes(), mode)
-    atomic_write(path, data, mode)
+    try:
+        if backup and path.exists():
+            backup_path = path.with_name(path.name + ".orig")
+            atomic_write(backup_path, path.read_bytes(), mode)
+        atomic_write(path, data, mode)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else f"{path}: "
+        raise CliError(f"{where}{e.strerror or e}; {path} was not changed") from None
     return backup_path
 
 
@@ -284,10 +290,12 @@ def _run(command: str, args: argparse.Namespace) -> int:
     if res.stats.get("syntax") == "errors" and not args.json:
         print(f"notice: {shown} does not parse cleanly; spans come from tree-sitter's error recovery", file=sys.stderr)
     if args.json:
-        print(json.dumps(result_json(res, text, shown), ensure_ascii=False, indent=2))
+        utf = (getattr(sys.stdout, "encoding", "") or "").lower().replace("-", "").startswith("utf")
+        print(json.dumps(result_json(res, text, shown), ensure_ascii=not utf, indent=2))
     if args.apply:
         if name == "-":
-            sys.stdout.write(res.new_text)
+            if not args.json:  # with --json the new text is the object's "new_text"
+                sys.stdout.write(res.new_text)
         elif res.edits:
             backup = write_atomic(Path(name), res.new_text, bom=bom, expect=st)
             print(f"wrote {name} (backup: {backup})", file=sys.stderr)

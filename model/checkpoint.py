@@ -56,23 +56,42 @@ def _state_dict_for_save(model: LlamaForCausalLM, dtype: torch.dtype | None) -> 
     return sd
 
 
+def recover_swap(target: Path) -> None:
+    """Put back the previous ``target`` when a swap was interrupted between its two renames."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], target)
+
+
 def atomic_write_dir(target: Path, fill) -> None:
-    """Create ``target`` by filling a temporary sibling folder and renaming it into place."""
+    """Create ``target`` by filling a temporary sibling folder and renaming it into place.
+
+    The old ``target`` is moved aside, the new one renamed in, the old one deleted; a failure in between puts
+    the old one back (and ``recover_swap`` does so after a kill)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_swap(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    old = None
     try:
         fill(tmp)
-        old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(model: LlamaForCausalLM, folder: str | Path, tokenizer: Tokenizer | None = None,

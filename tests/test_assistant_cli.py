@@ -70,10 +70,29 @@ def test_failed_write_leaves_the_file_intact(src, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(acli.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(acli.CliError, match="disk full; .* was not changed"):
         acli.write_atomic(src, "new text\n", backup=False)
     assert src.read_text(encoding="utf-8") == SRC
     assert [p.name for p in src.parent.iterdir()] == ["m.py"]
+
+
+def test_apply_writes_through_a_symlink_and_refuses_a_read_only_file(src, tmp_path):
+    link = tmp_path / "link.py"
+    link.symlink_to(src)
+    acli.write_atomic(link, "x = 1\n")
+    assert link.is_symlink() and src.read_text(encoding="utf-8") == "x = 1\n"
+    assert (tmp_path / "m.py.orig").read_text(encoding="utf-8") == SRC
+    os.chmod(src, 0o444)
+    with pytest.raises(acli.CliError, match="read-only"):
+        acli.write_atomic(src, "y = 2\n")
+    assert src.read_text(encoding="utf-8") == "x = 1\n"
+
+
+def test_stdin_apply_json_is_one_json_object(test_model_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(SRC.encode("utf-8"))))
+    rc, out, _ = _run(["fill", "-", "--language", "python", "--line", "7", "--apply", "--json"], test_model_dir,
+                      capsys)
+    assert rc == 0 and json.loads(out)["new_text"].startswith("def add(a, b):\n")
 
 
 def test_file_changed_while_generating_is_not_overwritten(src):

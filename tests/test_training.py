@@ -308,6 +308,84 @@ def test_pipeline_end_to_end_and_rerun(sources, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_runs_refuse_what_they_would_overwrite_or_mistrain(corpus, sources, tmp_path, test_model_dir):
+    """A corpus or tokenizer over a foreign folder, a stage over another stage's checkpoint, a resume with
+    another shape, two runs in one folder: each refused with a message, nothing touched."""
+    from training.pipeline import corpus_step, tokenizer_step
+    from training.trainer import _exclusive
+
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    for step in (lambda: corpus_step(_cfg(sources=[str(sources)]), precious, log=lambda s: None),
+                 lambda: tokenizer_step(_cfg(), corpus, precious, log=lambda s: None)):
+        with pytest.raises(CorpusError, match="is not a"):
+            step()
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+    ar = Trainer(_cfg(ar_steps=2), "ar", tmp_path / "ar", corpus, tokenizer_dir=test_model_dir,
+                 log=lambda s: None).run()
+    before = (ar / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="holds the ar stage's checkpoint"):
+        Trainer(_cfg(bd_steps=3), "bd", tmp_path / "ar", corpus, init_from=test_model_dir, log=lambda s: None).run()
+    with pytest.raises(TrainingError, match="seq_len 32, this run asks for 64"):
+        Trainer(_cfg(ar_steps=4, seq_len=64), "ar", tmp_path / "ar", corpus, tokenizer_dir=test_model_dir,
+                log=lambda s: None).run()
+    assert (ar / "model.safetensors").read_bytes() == before
+    with _exclusive(tmp_path / "ar", True), pytest.raises(TrainingError, match="another run is using"):
+        Trainer(_cfg(ar_steps=4), "ar", tmp_path / "ar", corpus, tokenizer_dir=test_model_dir,
+                log=lambda s: None).run()
+
+
+def test_a_stage_ended_by_its_time_limit_continues_under_a_longer_one(corpus, tmp_path, test_model_dir):
+    cfg = _cfg(ar_steps=6)
+    logs: list[str] = []
+    Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, time_limit_min=1e-9,
+            log=logs.append).run()
+    state = json.loads((tmp_path / "t" / "checkpoint" / "training_state.json").read_text())
+    assert state["finished"] and state["reason"] == "time" and state["step"] < 6
+    Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, time_limit_min=1e-9,
+            log=logs.append).run()  # the same limit: nothing to add
+    assert "already finished" in logs[-1]
+    Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, log=logs.append).run()
+    assert any("continuing under the new limit" in m for m in logs)
+    assert json.loads((tmp_path / "t" / "checkpoint" / "training_state.json").read_text())["step"] == 6
+
+
+def test_an_interrupted_checkpoint_swap_is_recovered(tmp_path):
+    from model.checkpoint import atomic_write_dir, recover_swap
+
+    target = tmp_path / "checkpoint"
+    atomic_write_dir(target, lambda d: (d / "a").write_text("old"))
+    assert oct(target.stat().st_mode & 0o777) != oct(0o700)  # an ordinary folder, not mkdtemp's private one
+    os.replace(target, tmp_path / ".checkpoint.old-123")  # killed between the two renames
+    recover_swap(target)
+    assert (target / "a").read_text() == "old"
+
+    def fail(d):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write_dir(target, fail)
+    assert (target / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
+def test_training_cli_errors_are_one_line(tmp_path, corpus, capsys):
+    from ui.cli import main
+
+    for argv, words in [
+        (["train", "bd", "--corpus", str(corpus), "--init-from", str(tmp_path / "missing"), "--out",
+          str(tmp_path / "o")], "missing"),
+        (["train", "ar", "--corpus", str(corpus), "--tokenizer", str(corpus), "--out", str(tmp_path / "o")],
+         "no tokenizer"),
+        (["train", "ar", "--corpus", str(corpus), "--device", "tpu", "--out", str(tmp_path / "o")], "device"),
+        (["train", "pipeline", "--corpus", str(corpus), "--out", str(tmp_path / "p")], "--corpus apply to one"),
+        (["train", "ar", "--min-lr-ratio", "-3", "--out", str(tmp_path / "o")], "min_lr_ratio"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (argv, err)
+
+
 # --------------------------------------------------------------------------------- torchrun
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

@@ -47,14 +47,19 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(command: str, args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError
+
     from .corpus import CorpusError
     from .evals.common import EvalError
     from .trainer import TrainingError
 
     try:
         return _run(command, args)
-    except (CorpusError, TrainingError, EvalError, ValueError) as e:
+    except (CorpusError, TrainingError, EvalError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be written, a path that is a file, ...
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
 
 
@@ -93,6 +98,11 @@ def _run(command: str, args: argparse.Namespace) -> int:
         return 0
     # train
     if action == "pipeline":
+        given = [f"--{k}" for k in ("corpus", "tokenizer", "steps", "lr") if getattr(args, k, None) is not None]
+        if given:
+            print(f"error: {', '.join(given)} apply to one stage; the pipeline builds its corpus and tokenizer "
+                  "under --out and takes --ar-steps, --bd-lr, ... per stage", file=sys.stderr)
+            return 2
         if args.out:
             cfg.out_dir = args.out
         if args.budget is not None:
@@ -111,9 +121,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
     if args.budget is not None:
         setattr(cfg, f"{stage}_time_min", args.budget)
     prev = {"bd": "ar", "sft": "bd"}.get(stage)
-    if prev and not cfg.init_from and (Path(cfg.out_dir) / prev / "checkpoint" / "config.json").is_file():
-        cfg.init_from = str(Path(cfg.out_dir) / prev / "checkpoint")  # the previous stage of the same run
     out = Path(args.out or Path(cfg.out_dir) / stage)
+    same_run = out.resolve().parent == Path(cfg.out_dir).resolve()
+    if prev and not cfg.init_from and same_run and (Path(cfg.out_dir) / prev / "checkpoint" / "config.json").is_file():
+        cfg.init_from = str(Path(cfg.out_dir) / prev / "checkpoint")  # the previous stage of the same run
     corpus = Path(args.corpus or Path(cfg.out_dir) / "corpus")
     tok_dir = Path(args.tokenizer) if args.tokenizer else None
     if tok_dir is not None:

@@ -137,6 +137,12 @@ class TrainConfig:
             raise ValueError("dtype must be auto, float32 or bfloat16")
         if self.attn not in ("auto", "sdpa", "flex_attention", "eager"):
             raise ValueError("attn must be auto, sdpa, flex_attention or eager")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
+        for name in ("warmup_steps", "bd_warmup_steps", "grad_clip", "weight_decay", "num_workers", "vocab_size",
+                     "ar_time_min", "bd_time_min", "sft_time_min", "time_budget_min", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
 
 
 # Named starting points for `remask train pipeline --preset NAME`. The model shape comes from the

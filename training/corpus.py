@@ -312,7 +312,17 @@ def iter_texts(folder: str | Path, split: str = "train", max_mb: float | None = 
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
-    return hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()[:16]
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise CorpusError(f"no tokenizer in {tokenizer_dir} (no tokenizer.json there)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def refuse_foreign(folder: Path, marker: str, what: str) -> None:
+    """Refuse to write a ``what`` over a file or a non-empty folder that is not one (it would be replaced)."""
+    if folder.is_file() or (folder.is_dir() and not (folder / marker).is_file() and any(folder.iterdir())):
+        raise CorpusError(f"{folder} exists and is not a {what} (no {marker} in it); it would be replaced: "
+                          "choose another --out")
 
 
 def tokenize_corpus(folder: str | Path, tokenizer_dir: str | Path, log=print, batch: int = 256) -> None:
@@ -327,6 +337,7 @@ def tokenize_corpus(folder: str | Path, tokenizer_dir: str | Path, log=print, ba
     tok = Tokenizer.from_folder(tokenizer_dir)
     if tok.eos_id is None:
         raise CorpusError(f"tokenizer in {tokenizer_dir} has no eos token")
+    meta_path.unlink(missing_ok=True)  # first: shards half rewritten must never pass for the old tokenizer's
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     counts = {}
     for split in SPLITS:

@@ -16,7 +16,7 @@ from model.checkpoint import atomic_write_dir
 from model.config import preset
 
 from .config import STAGES, TrainConfig
-from .corpus import build_corpus, iter_texts, read_manifest, tokenize_corpus
+from .corpus import build_corpus, iter_texts, read_manifest, refuse_foreign, tokenize_corpus
 from .trainer import Trainer
 
 # Share of a pipeline time budget given to each training stage (renormalised over the stages that run).
@@ -28,6 +28,7 @@ def _log(msg: str) -> None:
 
 
 def corpus_step(cfg: TrainConfig, corpus_dir: Path, log=_log) -> None:
+    refuse_foreign(corpus_dir, "manifest.json", "corpus")
     if (corpus_dir / "manifest.json").is_file():
         m = read_manifest(corpus_dir)
         log(f"corpus: using {corpus_dir} ({len(m['files'])} files)")
@@ -39,6 +40,7 @@ def corpus_step(cfg: TrainConfig, corpus_dir: Path, log=_log) -> None:
 
 
 def tokenizer_step(cfg: TrainConfig, corpus_dir: Path, tok_dir: Path, log=_log) -> None:
+    refuse_foreign(tok_dir, "tokenizer.json", "tokenizer folder")
     if (tok_dir / "tokenizer.json").is_file():
         log(f"tokenizer: using {tok_dir}")
         return

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, recover_swap, save_checkpoint
 from model.config import preset
 from model.network import build_model, remask_config, set_attention_backend
 from model.tokenizer import Tokenizer
@@ -81,9 +81,18 @@ def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    d = torch.device(cfg.device)
+    try:
+        d = torch.device(cfg.device)
+    except RuntimeError:
+        raise TrainingError(f"unknown device {cfg.device!r}: use auto, cpu, cuda or cuda:N") from None
     if d.type == "cuda" and d.index is None:
         d = torch.device("cuda", local_rank)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {cfg.device}: this PyTorch has no CUDA device to use (try --device cpu)")
+    if d.type == "cuda" and d.index >= torch.cuda.device_count():
+        raise TrainingError(f"--device {d}: there are {torch.cuda.device_count()} CUDA devices")
+    if d.type not in ("cpu", "cuda"):
+        raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
     return d
 
 
@@ -146,7 +155,28 @@ def _load_opt_state(module, opt, tensors: dict[str, torch.Tensor], meta: dict[st
                              options=StateDictOptions(full_state_dict=True))
 
 
+@contextlib.contextmanager
+def _exclusive(folder: Path, main: bool):
+    """Hold an exclusive lock on ``folder`` for one run: two runs writing one stage folder corrupt each other."""
+    if not main:
+        yield
+        return
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrainingError(f"another run is using {folder}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def read_state(ckpt: Path) -> dict[str, Any] | None:
+    recover_swap(ckpt)
     p = ckpt / "training_state.json"
     if not p.is_file():
         return None
@@ -226,11 +256,36 @@ class Trainer:
         self.dist = Dist(device)
         if self.max_steps <= 0:
             raise TrainingError(f"{self.stage}: the number of steps must be positive")
+        with _exclusive(self.dir, self.dist.main):
+            return self._run(device)
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another stage or shape: resuming it would silently overwrite or mistrain it."""
+        if state.get("stage", self.stage) != self.stage:
+            raise TrainingError(f"{self.ckpt_dir} holds the {state['stage']} stage's checkpoint, not {self.stage}'s: "
+                                "choose another --out")
+        try:
+            saved = json.loads((self.ckpt_dir / "train_config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        for key in ("preset", "seq_len"):
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                raise TrainingError(f"{self.ckpt_dir} was trained with {key} {saved[key]!r}, this run asks for "
+                                    f"{getattr(self.cfg, key)!r}: resume with the same value, or choose another --out")
+
+    def _run(self, device: torch.device) -> Path:
+        cfg = self.cfg
         d = self.dist
         state = read_state(self.ckpt_dir)
+        if state is not None:
+            self._check_resume(state)
         if state and state.get("finished") and state.get("max_steps") == self.max_steps:
-            self.log(f"{self.stage}: already finished at step {state['step']} ({self.ckpt_dir}); skipping")
-            return self.ckpt_dir
+            by_time = state.get("reason") == "time" and state["step"] < self.max_steps
+            if not by_time or (self.time_limit_s and self.time_limit_s <= state.get("elapsed_s", 0.0) + 1.0):
+                self.log(f"{self.stage}: already finished at step {state['step']} ({self.ckpt_dir}); skipping")
+                return self.ckpt_dir
+            self.log(f"{self.stage}: the time limit ended it at step {state['step']} of {self.max_steps}; "
+                     "continuing under the new limit")
         resume = state is not None
         if not resume and self.stage != "ar" and self.init_from is None:
             raise TrainingError(f"the {self.stage} stage starts from a checkpoint: pass --init-from DIR (the "
@@ -240,7 +295,7 @@ class Trainer:
         mc = remask_config(model)
         use_flex = self.stage != "ar" and (cfg.attn == "flex_attention"
                                            or (cfg.attn == "auto" and device.type == "cuda"))
-        if use_flex and device.type == "cpu":
+        if cfg.attn == "flex_attention" and device.type == "cpu":
             raise TrainingError("flex attention has no backward pass on CPU in PyTorch: use --attn sdpa (or auto)")
         set_attention_backend(model, "flex_attention" if use_flex else ("sdpa" if cfg.attn == "auto" else cfg.attn))
         model.train()
@@ -340,7 +395,7 @@ class Trainer:
             cfg.save_json(self.dir / "train_config.json")
         tb = _tensorboard(self.dir) if d.main else None
 
-        def save(step: int, finished: bool, elapsed: float) -> None:
+        def save(step: int, finished: bool, elapsed: float, reason: str = "") -> None:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_model_state_dict,
@@ -357,7 +412,7 @@ class Trainer:
             tensors["rng/cpu"] = torch.get_rng_state()
             st = {"stage": self.stage, "step": step, "max_steps": self.max_steps, "finished": finished,
                   "elapsed_s": elapsed, "tokens": tokens_seen, "world_size": d.world, "optimizer": opt_meta,
-                  "model_kind": mc.kind}
+                  "model_kind": mc.kind, "reason": reason}
             snap = build_model(mc, dtype=torch.float32, device="cpu", seed=None)
             snap.load_state_dict({k[len("model."):]: v for k, v in full.items() if k.startswith("model.")},
                                  strict=False)
@@ -478,7 +533,7 @@ class Trainer:
             if tb is not None:
                 tb.close()
         elapsed = elapsed_before + time.perf_counter() - t_start
-        save(step, True, elapsed)
+        save(step, True, elapsed, finished_reason)
         d.barrier()
         if finished_reason == "time":
             self.log(f"{self.stage}: time limit reached after {step} steps")
