@@ -108,6 +108,13 @@ def apply_edits(text: str, edits: list[TextEdit]) -> str:
 
 
 _INDENT = re.compile(r"[ \t]*")
+
+
+def _newlines_like(job, out: str) -> str:
+    """``out`` with the line breaks of the text around the span (CRLF files stay CRLF)."""
+    if "\r\n" in job.prefix[-2000:] + job.suffix[:2000] + job.original:
+        return out.replace("\r\n", "\n").replace("\n", "\r\n")
+    return out
 # A file with hundreds of holes is filled a batch at a time: at most MAX_BATCH_ROWS rows, and no more than
 # fit KV_BUDGET_BYTES of KV cache (an 8B model: about 9 rows of 1,600 tokens; the small default: 64).
 MAX_BATCH_ROWS = 64
@@ -226,10 +233,13 @@ class Engine:
         self._check_text(text)
         return [h.span(text) for h in find_holes(text, language)]
 
-    def spans_at(self, text: str, start: int, end: int | None = None, language: str | None = None) -> list[Span]:
+    def spans_at(self, text: str, start: int, end: int | None = None, language: str | None = None,
+                 first_line: int = 1) -> list[Span]:
+        """Span choices at a cursor or selection; ``first_line``: the number of ``text``'s first line in labels
+        (a window cut from a larger file)."""
         self._check_text(text)
         return _spans_at(text, start, end, language, count_tokens=lambda s: len(self.tok.encode(s)),
-                         budget=self.settings.span_tokens)
+                         budget=self.settings.span_tokens, first_line=first_line)
 
     # ------------------------------------------------------------------------------------ operations
 
@@ -379,7 +389,7 @@ class Engine:
             new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel,
                                                     clean_kv=clean_kv)
         new_ids = new_full[a: a + len(span_ids)]
-        out = self.tok.decode(new_ids)
+        out = _newlines_like(job, self.tok.decode(new_ids))
         by_token = {i: new_lp[i] for i in flagged_idx}
         total = [by_token.get(i, logp[i]) for i in range(len(span_ids))]
         cand = self._candidate(text, [(job, out)], sum(total) / len(total), parsed)
@@ -425,6 +435,7 @@ class Engine:
         out = self._reindent(job, self._extract_code(reply))
         if hole.whole_lines and out and not out.endswith("\n") and job.original.endswith("\n"):
             out += "\n"
+        out = _newlines_like(job, out)
         cand = self._candidate(text, [(job, out)], res.score(0), parsed)
         return self._result("instruct", text, [cand], [hole.span(text)], parsed, language, res,
                             _Prompt(ids, False), reply=reply)
@@ -911,9 +922,7 @@ class Engine:
                         lines = lines[:-k]
                         break
                 out = "\n".join(lines).rstrip()
-        if crlf:
-            out = out.replace("\n", "\r\n")
-        return out
+        return _newlines_like(job, out) if crlf else out
 
     def _indentation_ok(self, text: str, job: _Job, out: str) -> bool:
         """False when the new text would move the code around it into another block, or mixes tabs/spaces.

@@ -425,9 +425,9 @@ _NAMES = {"class_definition": "class", "class_declaration": "class", "class_spec
           "lambda_expression": "lambda", "closure_expression": "closure", "enum_declaration": "enum"}
 
 
-def _label(text: str, kind: str, start: int, end: int, node_type: str | None) -> str:
-    first = text.count("\n", 0, start) + 1
-    last = text.count("\n", 0, max(start, end - 1)) + 1
+def _label(text: str, kind: str, start: int, end: int, node_type: str | None, first_line: int = 1) -> str:
+    first = text.count("\n", 0, start) + first_line
+    last = text.count("\n", 0, max(start, end - 1)) + first_line
     where = f"line {first}" if first == last else f"lines {first}-{last}"
     name = kind
     if kind == "function" and node_type:
@@ -462,7 +462,7 @@ def _approx_tokens(s: str) -> int:
 
 def spans_at(text: str, start: int, end: int | None = None, language: str | None = None, *,
              count_tokens: Callable[[str], int] | None = None, budget: int = 512,
-             parsed: Parsed | None = None) -> list[Span]:
+             parsed: Parsed | None = None, first_line: int = 1) -> list[Span]:
     """Span choices around a cursor (``end`` None or equal) or a selection, smallest first.
 
     A hole under the cursor comes first; then the line(s), then every enclosing node of an editable kind
@@ -478,22 +478,25 @@ def spans_at(text: str, start: int, end: int | None = None, language: str | None
     parsed = parsed or parse(text, language)
     choices: list[Span] = []
 
+    def name(s: int, e: int, kind: str, node_type: str | None) -> str:
+        return _label(text, kind, s, e, node_type, first_line)
+
     def add(s: int, e: int, kind: str, node_type: str | None = None, label: str | None = None) -> None:
         if e <= s or any(c.start == s and c.end == e for c in choices):
             if e > s:  # one choice per range, named by the most telling kind ("this statement", not "this block")
                 for i, c in enumerate(choices):
                     if c.start == s and c.end == e and c.kind != "hole" and \
                             _PRIORITY.get(kind, 0) > _PRIORITY.get(c.kind, 0):
-                        choices[i] = Span(s, e, kind, label or _label(text, kind, s, e, node_type), node_type)
+                        choices[i] = Span(s, e, kind, label or name(s, e, kind, node_type), node_type)
             return
-        choices.append(Span(s, e, kind, label or _label(text, kind, s, e, node_type), node_type))
+        choices.append(Span(s, e, kind, label or name(s, e, kind, node_type), node_type))
 
     for h in find_holes(text, parsed.language, parsed):
         if h.covers(start) and end <= max(h.end, start):
             choices.append(h.span(text))
             break
     if end > start:
-        add(start, end, "selection", label=_label(text, "selection", start, end, None).replace("this ", "the "))
+        add(start, end, "selection", label=name(start, end, "selection", None).replace("this ", "the "))
     # The line(s): content without the indentation and the line break.
     ls, _, _ = _line_bounds(text, start)
     _, le, _ = _line_bounds(text, max(start, end - 1) if end > start else start)

@@ -18,6 +18,7 @@ from pygls.exceptions import (
     JsonRpcInternalError,
     JsonRpcInvalidParams,
     JsonRpcRequestCancelled,
+    JsonRpcServerNotInitialized,
 )
 
 from assistant.api import CancelToken, EngineError, InstructModelRequired
@@ -66,6 +67,8 @@ def _link_request_cancellation(ls: RemaskServer) -> None:
 
 async def run_command(ls: RemaskServer, args: tuple, *, instruction_required: bool) -> dict:
     """Both commands' body: errors become LSP errors (and a message for "needs an instruct model")."""
+    if not getattr(ls, "initialized", True):
+        raise JsonRpcServerNotInitialized()
     _link_request_cancellation(ls)
     try:
         return await _apply(ls, args, instruction_required=instruction_required)

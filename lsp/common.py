@@ -9,7 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from lsprotocol import types as T
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcRequestCancelled
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInternalError,
+    JsonRpcRequestCancelled,
+    JsonRpcServerNotInitialized,
+)
 
 from assistant.api import EngineError
 
@@ -35,6 +40,8 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     async def wrapper(ls: Any, params: Any) -> Any:
+        if not getattr(ls, "initialized", True):
+            raise JsonRpcServerNotInitialized()  # LSP: every request before `initialize` gets -32002
         try:
             return await fn(ls, params)
         except asyncio.CancelledError:

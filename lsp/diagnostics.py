@@ -48,10 +48,14 @@ async def diagnose(ls: RemaskServer, uri: str) -> None:
             return
         thr = ls.config.diagnostics_threshold
         diags = []
-        for sc in scores:
-            if sc.prob >= thr or not sc.text.strip():
-                continue
-            msg = f"unlikely token {sc.text!r} (p={sc.prob:.3f})"
+        worst: dict[tuple[int, int], object] = {}
+        for sc in scores:  # the byte-level pieces of one character share its range: one hint, the least likely
+            if sc.prob < thr and sub[sc.start:sc.end].strip():
+                key = (sc.start, sc.end)
+                if key not in worst or sc.prob < worst[key].prob:
+                    worst[key] = sc
+        for sc in sorted(worst.values(), key=lambda x: x.start):
+            msg = f"unlikely token {sub[sc.start:sc.end]!r} (p={sc.prob:.3f})"
             if sc.best is not None and sc.best != sc.text:
                 msg += f"; the model expects {sc.best!r}"
             diags.append(T.Diagnostic(range=ls.lsp_range(idx, sc.start + base, sc.end + base), message=msg,

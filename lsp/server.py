@@ -159,6 +159,7 @@ class RemaskServer(LanguageServer):
         self.state_detail = ""
         self._loaded_key: tuple[str | None, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.initialized = False  # requests before `initialize` are refused (guarded)
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="remask-model")
         self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="remask-parse")
         self._tokens: set[CancelToken] = set()
@@ -551,6 +552,7 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
     @ls.feature(T.INITIALIZE)
     def initialize(ls: RemaskServer, params: T.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop()
+        ls.initialized = True
         try:
             ls.config = ls.config.updated(params.initialization_options)
         except ConfigError as e:
@@ -640,10 +642,11 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
             start, end = end, start
         lang = ls.language(doc)
         sub, base = window(text, start, end, MAX_CONTEXT_CHARS)
+        first_line = idx.position(base)[0] + 1
 
         def survey():
             # the engine parses with a fresh tree-sitter parser per call, so this thread may run beside a decode
-            spans = engine.spans_at(sub, start - base, end - base, language=lang)
+            spans = engine.spans_at(sub, start - base, end - base, language=lang, first_line=first_line)
             cached = ls._holes.get(doc.uri)
             if cached is not None and cached[0] == version:
                 holes = cached[1]

@@ -454,6 +454,10 @@ def test_crlf_files_keep_crlf(engine):
     res = engine.fill_all(text, language="python", settings=FAST)
     assert "\n" not in res.new_text.replace("\r\n", "")
     assert res.new_text.count("\r\n") >= text.count("\r\n") - 3
+    # repair re-decodes tokens in place, line breaks included: they too stay CRLF
+    rep = engine.repair(text, 0, len(text), language="python",
+                        settings=Settings(max_new_tokens=8, seed=0, steps=1, repair_fraction=0.6))
+    assert rep.edits and "\n" not in rep.new_text.replace("\r\n", "")
 
 
 def test_fim_windows_recorded_in_the_checkpoint_cap_the_context(engine, monkeypatch):

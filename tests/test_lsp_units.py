@@ -130,3 +130,30 @@ def test_random_preset_gets_a_tokenizer_so_the_server_can_run():
     assert engine.info["kind"] == "bd" and "RANDOM" in engine.info["description"]
     res = engine.fill("def f(x):\n    return \n", 20, 20, language="python")
     assert res.op == "fill"
+
+
+def test_window_cuts_inside_one_huge_line():
+    text = "var a=1;" * 50_000 + "\nvar b=2;\n"  # minified: one 400k-character line
+    at = 200_000
+    sub, base = window(text, at, at, 64_000)
+    assert len(sub) <= 64_000 + 1 and base <= at <= base + len(sub) and sub == text[base:base + len(sub)]
+
+
+def test_line_index_fast_conversion_equals_counting_characters():
+    import random
+
+    from lsp.textutil import _units
+
+    rng = random.Random(0)
+    alphabet = ["a", "é", "中", "\U0001F600", " ", "\u0301"]
+    for _ in range(300):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        for enc in ("utf-16", "utf-8"):
+            idx = LineIndex(line, enc)
+            for off in range(len(line) + 1):
+                units = sum(_units(c, enc) for c in line[:off])
+                assert idx.position(off) == (0, units) and idx.offset(0, units) == off
+            inside = [sum(_units(c, enc) for c in line[:i]) + 1 for i, c in enumerate(line) if _units(c, enc) > 1]
+            for u in inside:  # a unit inside a character: that character's end (as before)
+                assert idx.offset(0, u) == next(i + 1 for i in range(len(line))
+                                                if sum(_units(c, enc) for c in line[:i + 1]) >= u)
