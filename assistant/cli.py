@@ -218,7 +218,8 @@ def _load_engine(args: argparse.Namespace):
     try:
         engine = Engine.load(args.model, device=args.device, settings=_settings(args), dtype=dtype)
     except EngineError as e:
-        hint = "" if args.model else " (--model random:small gives an untrained model that exercises the mechanics)"
+        hint = "" if args.model or "device" in str(e) else \
+            " (--model random:small gives an untrained model that exercises the mechanics)"
         raise CliError(f"cannot load the model: {e}{hint}") from e
     if "RANDOM" in engine.info.get("description", "").upper():
         print(f"notice: using an untrained model ({engine.info['description']}); expect noise", file=sys.stderr)

@@ -250,12 +250,30 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
     return model, tok
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device this machine has; a clear CheckpointError otherwise."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise CheckpointError(f"device {device!r}: this PyTorch sees no CUDA device (use --device cpu)")
+        if d.index is not None and d.index >= n:
+            raise CheckpointError(f"device {device!r}: there are {n} CUDA devices")
+    elif d.type not in ("cpu", "mps", "xpu"):
+        raise CheckpointError(f"device {device!r}: use cpu or cuda")
+    return d
+
+
 def resolve_model(spec: str | Path | None, device: str = "cpu", dtype: torch.dtype | None = None,
                   ) -> tuple[LlamaForCausalLM, Tokenizer | None, str]:
     """Load ``spec``: a folder, ``None``/"default" for the shipped default, or ``random:PRESET``.
 
     Returns (model, tokenizer, description). A random model is for smoke tests and says so.
     """
+    check_device(device)
     if spec is None or str(spec) == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise CheckpointError(f"the built-in default model is missing from {DEFAULT_MODEL_DIR}; "

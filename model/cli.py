@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options every model-using command shares."""
@@ -40,6 +38,8 @@ def decode_config_from_args(args: argparse.Namespace, **kw):
 
 def load_from_args(args: argparse.Namespace):
     """(model, tokenizer, description), printing a notice for a random model."""
+    import torch
+
     from .checkpoint import resolve_model
 
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -136,6 +136,18 @@ def test_edit_regenerate_json_has_candidates(src, test_model_dir, capsys):
     assert rc == 0 and 1 <= len(rec["candidates"]) <= 2
 
 
+def test_regenerate_samples_real_candidates(src, test_model_dir, capsys):
+    """Candidates are sampled at candidate_temperature: different seeds give different text (a NaN in the
+    sampler once made every sample the same token and every candidate empty)."""
+    texts = set()
+    for seed in ("1", "2", "3"):
+        rc, out, _ = _run(["edit", str(src), "--range", "7:7", "--op", "regenerate", "--candidates", "3", "--json",
+                           "--seed", seed], test_model_dir, capsys, extra=("--max-new-tokens", "8"))
+        rec = json.loads(out)
+        texts |= {c["diff"] for c in rec["candidates"]}
+    assert len(texts) >= 3 and all(texts)
+
+
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["fill", "{dir}/missing.py"], "no such file"),
     (b"\x00\x01binary", ["fill", "{file}"], "binary content"),
@@ -147,6 +159,7 @@ def test_edit_regenerate_json_has_candidates(src, test_model_dir, capsys):
      "instruct checkpoint"),
     (SRC.encode(), ["edit", "{file}", "--range", "1:2", "--op", "instruct"], "needs --instruction"),
     (b"x = 1\n", ["fill", "{file}"], "no holes found"),
+    (SRC.encode(), ["fill", "{file}", "--device", "bogus"], "unknown device 'bogus'"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, test_model_dir, capsys, setup, args, message):
     f = tmp_path / "f.py"
