@@ -388,7 +388,7 @@ class Engine:
             span = self._selection(text, start, end)
             new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel,
                                                     clean_kv=clean_kv)
-        new_ids = new_full[a: a + len(span_ids)]
+        new_ids = self._whole_characters(span_ids, new_full[a: a + len(span_ids)], offsets, flagged_idx)
         out = _newlines_like(job, self.tok.decode(new_ids))
         by_token = {i: new_lp[i] for i in flagged_idx}
         total = [by_token.get(i, logp[i]) for i in range(len(span_ids))]
@@ -783,6 +783,28 @@ class Engine:
         elem = next(self.model.parameters()).element_size()
         per_row = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * tokens * elem
         return max(1, min(MAX_BATCH_ROWS, KV_BUDGET_BYTES // max(per_row, 1)))
+
+    def _whole_characters(self, old: list[int], new: list[int], offsets: list[tuple[int, int]],
+                          flagged: list[int]) -> list[int]:
+        """``new`` with no character broken: byte-level pieces re-decoded in place need not form UTF-8.
+
+        A flagged token that shares a character with another token, or that alone is not whole characters,
+        keeps its old id when the new ids decode to more U+FFFD than the old ones; if that is not enough, the
+        span is left as it was."""
+        bad = self.tok.decode(old).count("\ufffd")
+        if self.tok.decode(new).count("\ufffd") <= bad:
+            return new
+
+        def shares(i: int) -> bool:
+            o0, o1 = offsets[i]
+            return any(j != i and offsets[j][0] < max(o1, o0 + 1) and o0 < max(offsets[j][1], offsets[j][0] + 1)
+                       for j in range(max(0, i - 4), min(len(offsets), i + 5)))
+
+        fixed = list(new)
+        for i in flagged:
+            if shares(i) or "\ufffd" in self.tok.decode([new[i]]):
+                fixed[i] = old[i]
+        return fixed if self.tok.decode(fixed).count("\ufffd") <= bad else list(old)
 
     def _generate(self, prompts: list[list[int]], s: Settings, stop_newline: bool, spans: list[Span],
                   callback, cancel):

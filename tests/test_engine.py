@@ -460,6 +460,15 @@ def test_crlf_files_keep_crlf(engine):
     assert rep.edits and "\n" not in rep.new_text.replace("\r\n", "")
 
 
+def test_repair_never_breaks_a_character(engine):
+    """Byte-level pieces of one character re-decoded in place need not make UTF-8: no U+FFFD comes out."""
+    text = 'def f():\n    s = "日本😀 é中文"\n    return s\n'
+    for seed in range(4):
+        r = engine.repair(text, text.index("s ="), text.index("return"), language="python",
+                          settings=Settings(max_new_tokens=8, seed=seed, repair_fraction=1.0, temperature=0.7))
+        assert "\ufffd" not in r.new_text
+
+
 def test_fim_windows_recorded_in_the_checkpoint_cap_the_context(engine, monkeypatch):
     monkeypatch.setitem(engine.cfg.extra, "fim_prefix_tokens", 12)
     monkeypatch.setitem(engine.cfg.extra, "fim_suffix_tokens", 20)

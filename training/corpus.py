@@ -242,6 +242,9 @@ def build_corpus(out: str | Path, sources: list[str] | None = None, *, extension
         item["split"] = "holdout" if item["package"] in holdout_set else ("val" if i in val else "train")
     if not any(k["split"] == "train" for k in kept):
         raise CorpusError("every file went to validation or holdout: add sources or lower val_fraction")
+    if min_val_files > 0 and not val:
+        raise CorpusError(f"only {len(rest)} usable files outside the holdout: too few for a validation split of "
+                          f"{min_val_files} (validation loss needs one); add sources")
     manifest = {
         "version": 1,
         "sources": [str(r) for r in roots],

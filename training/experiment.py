@@ -158,6 +158,10 @@ def run_experiment(cfg: TrainConfig, corpus: Path, init_from: Path, out: Path, s
     if kind != "ar":
         raise ValueError(f"--init-from {init_from} is a {kind!r} model; the experiment starts from an AR checkpoint "
                          f"(the pipeline's ar/checkpoint)")
+    from .evals.humaneval import load_tasks
+
+    for split in splits or ["single-line", "multi-line"]:  # before minutes of training, not after
+        load_tasks(split, data)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ckpts = train_arms(cfg, corpus, init_from, out, steps, no_warmup_arm, log)
