@@ -226,6 +226,10 @@ class Trainer:
         if src is not None:
             model, _ = load_checkpoint(src, device="cpu", dtype=torch.float32)
             mc = remask_config(model)
+            expect = {"ar": ("ar",), "bd": ("ar", "bd"), "sft": ("bd", "bd-instruct")}[self.stage]
+            if not resume and mc.kind not in expect:
+                self.log(f"warning: {src} is a {mc.kind!r} checkpoint; the {self.stage} stage usually starts from "
+                         f"{' or '.join(repr(k) for k in expect)} (the pipeline's previous stage)")
             if mc.vocab_size < tok.vocab_size:
                 raise TrainingError(f"{src} has vocabulary {mc.vocab_size}, the tokenizer {tok.vocab_size}")
         else:
