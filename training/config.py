@@ -194,6 +194,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return [v for v in (s.strip() for s in str(value).split(",")) if v]
         if origin in (typing.Union, types.UnionType):
             return value
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # int(64.7) would be 64, silently
         return tp(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"config field {name!r}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from e
