@@ -12,9 +12,10 @@ def atomic_write(path: str | Path, data: str | bytes, mode: int | None = None) -
     """Write ``data`` (str as UTF-8, no newline translation) through a temporary file in the same folder.
 
     ``mode``: permission bits for the result; None keeps those of an existing file (new files get the
-    umask default). On any failure the temporary file is removed and the target is untouched.
+    umask default). On any failure the temporary file is removed and the target is untouched. A symlink is
+    written through (its target is replaced, the link kept).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symlink stays a link: its target gets the new content
     if mode is None:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)

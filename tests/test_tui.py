@@ -430,6 +430,71 @@ async def test_save_is_atomic_and_clears_modified(src, engine):
     assert sorted(f.name for f in src.parent.iterdir()) == ["sample.py"]  # no temp file left
 
 
+async def test_line_breaks_the_editor_would_rewrite_are_never_saved(tmp_path, engine):
+    """A form feed, U+2028 in a string or mixed CRLF/LF would change on save: not modified on open, not saved."""
+    raw = 's = "a\u2028b"\r\n\x0c\ndef f():\n    pass\n'
+    path = tmp_path / "odd.py"
+    path.write_bytes(raw.encode("utf-8"))
+    app = make_app(path, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not app.modified and app.lossy
+        await goto(pilot, 0, 0)
+        await pilot.press("#", "enter")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.modified and any("not saved" in n.message for n in notifications(app))
+    assert path.read_bytes() == raw.encode("utf-8")
+
+
+async def test_save_writes_through_a_symlink_and_refuses_a_read_only_file(src, engine):
+    link = src.parent / "link.py"
+    link.symlink_to(src)
+    app = make_app(link, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await goto(pilot, 0, 0)
+        await pilot.press("#", "enter")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not app.modified
+        assert link.is_symlink() and src.read_text(encoding="utf-8") == "#\n" + SOURCE
+        os.chmod(src, 0o444)
+        await pilot.press("#")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.modified and any("read-only" in n.message for n in notifications(app))
+    assert src.read_text(encoding="utf-8") == "#\n" + SOURCE
+
+
+def test_every_highlighted_language_mounts_without_crashing():
+    """Textual's tree-sitter highlighting segfaulted on JavaScript and JSON with the installed grammars: every
+    language the editor maps a suffix to is mounted in a child process, so a crash is a failure, not a dead run."""
+    import subprocess
+    import sys
+
+    from ui.tui.app import EDITOR_LANGUAGES
+
+    langs = sorted(set(EDITOR_LANGUAGES.values()))
+    code = f"""
+import asyncio
+from textual.app import App
+from textual.widgets import TextArea
+class A(App):
+    def __init__(self, lang):
+        super().__init__(); self.lang = lang
+    def compose(self):
+        yield TextArea.code_editor("x = 1\\nfoo(bar)\\n", language=self.lang)
+async def main():
+    for lang in {langs!r}:
+        async with A(lang).run_test() as pilot:
+            await pilot.pause()
+        print(lang, flush=True)
+asyncio.run(main())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.stdout.split() == langs
+
+
 async def test_new_buffer_save_as(tmp_path, engine):
     target = tmp_path / "new.py"
     app = make_app(None, engine)

@@ -40,9 +40,10 @@ from .widgets import CodeEditor, DiffPanel, FlaggedPanel, Mark, StatusBar
 
 # File suffix -> TextArea language (the tree-sitter grammars Textual ships highlight queries for).
 EDITOR_LANGUAGES = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".jsx": "javascript", ".rs": "rust", ".go": "go", ".java": "java", ".sh": "bash", ".bash": "bash",
-    ".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html", ".htm": "html",
+    # javascript and json are left out: with tree-sitter 0.26 and tree-sitter-javascript 0.25 / -json 0.24 Textual's
+    # highlighter crashes the process (segmentation fault); those files open as plain text
+    ".py": "python", ".pyi": "python", ".rs": "rust", ".go": "go", ".java": "java", ".sh": "bash", ".bash": "bash",
+    ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html", ".htm": "html",
     ".css": "css", ".md": "markdown", ".sql": "sql", ".xml": "xml",
 }
 PLACEHOLDER = "░"
@@ -196,6 +197,7 @@ class RemaskApp(App[None]):
         self.show_timings = show_timings
         self._initial_text = text
         self.saved_text = ""
+        self.lossy = False  # the file has line breaks Textual would rewrite on save (see _set_buffer)
         self.running: Running | None = None
         self.proposal: Proposal | None = None
         self.regen: RegenCycle | None = None
@@ -257,7 +259,15 @@ class RemaskApp(App[None]):
         self.editor.language = lang
         self.preview.language = lang
         self.editor.load_text(text)
-        self.saved_text = text
+        # Textual's document splits lines as str.splitlines() does and writes one line-break style back: a
+        # form feed, U+2028 (in a string literal!) or mixed CRLF/LF would change on save. Such a file opens
+        # for suggestions but is not saved from here.
+        self.lossy = self.editor.text != text
+        self.saved_text = self.editor.text
+        if self.lossy and path is not None:
+            self.notify(f"{path.name} has line breaks the editor cannot keep (form feed, U+2028, or mixed CRLF/LF): "
+                        "it will not be saved from here; apply edits with `remask fill/edit --apply`",
+                        severity="warning", timeout=12)
         self.editor.clear_marks()
         self._clear_flagged()
         self.regen = None
@@ -861,6 +871,10 @@ class RemaskApp(App[None]):
 
     def _save(self, then: Callable[[], None] | None = None) -> bool:
         assert self.path is not None
+        if getattr(self, "lossy", False):
+            self.notify(f"not saved: {self.path.name} has line breaks the editor cannot keep (form feed, U+2028 "
+                        "or mixed CRLF/LF); saving would rewrite them", severity="error", timeout=10)
+            return False
         text = self.editor.text
         try:
             atomic_write_text(self.path, text)
