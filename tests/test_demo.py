@@ -78,7 +78,10 @@ def test_settings_from_controls_are_validated():
     s = make_settings(Settings(), 0.8, 2, 8, 0.5, 1, 7, 16)
     assert (s.threshold, s.steps, s.block_size, s.temperature, s.seed) == (None, 2, 8, 0.5, 7)
     for bad, match in [((0.0, 0, 0, 0, 1, 0, 8), "threshold"), ((0.9, 0, 0, 0, 99, 0, 8), "candidates"),
-                       ((0.9, 0, 0, 0, 1, 0, 100_000), "max new tokens"), ((0.9, 0, 0, 5.0, 1, 0, 8), "temperature")]:
+                       ((0.9, 0, 0, 0, 1, 0, 100_000), "max new tokens"), ((0.9, 0, 0, 5.0, 1, 0, 8), "temperature"),
+                       ((0.9, 0, 0, 0, 0, 0, 8), "candidates"), ((0.9, 0, 0, 0, 1, 0, 0), "max new tokens"),
+                       ((0.9, float("inf"), 0, 0, 1, 0, 8), "whole number"),
+                       ((0.9, 0, 0, 0, 1, float("nan"), 8), "whole number"), ((0.9, 0, 0, 0, 1, 2**70, 8), "seed")]:
         with pytest.raises(EngineError, match=match):
             make_settings(Settings(), *bad)
 
@@ -245,6 +248,7 @@ def test_instruct_on_a_base_model_says_so(served):
     (INTERVALS, "", "", "/repair", "needs a span"),
     (INTERVALS, "", "5-100000", "/fill", "past the end"),
     ("x = 1\n", "", "", "/fill", "no holes"),  # the engine's own message
+    ("x = <FILL>\n" * 700, "", "", "/fill", "more than this demo decodes"),  # 700 x 12 tokens
 ])
 def test_bad_input_comes_back_as_a_message(served, code, lines, chars, op, message):
     client, _ = served

@@ -18,6 +18,7 @@ import difflib
 import html
 import json
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ MAX_NEW_TOKENS = 512
 MAX_CANDIDATES = 8
 MAX_STEPS = 64
 MAX_BLOCK_SIZE = 64
+MAX_FILL_ALL_TOKENS = 8_192  # holes x max new tokens for "fill" with no span (every hole of the code)
 
 # Languages the engine knows -> the gr.Code highlighter for them (None: plain text).
 LANGUAGES: dict[str, str | None] = {
@@ -153,7 +155,7 @@ def _int_or_none(v: Any) -> int | None:
         f = float(v)
     except (TypeError, ValueError) as e:
         raise EngineError(f"{v!r} is not a number") from e
-    if f != int(f):
+    if not math.isfinite(f) or f != int(f):
         raise EngineError(f"{v!r} is not a whole number")
     return int(f)
 
@@ -214,9 +216,13 @@ def make_settings(base: Settings, threshold: Any, steps: Any, block_size: Any, t
     """Settings from the controls, validated (API callers can send anything)."""
     steps_i = _int_or_none(steps) or 0
     block_i = _int_or_none(block_size) or 0
-    n = _int_or_none(candidates) or 1
+    n = _int_or_none(candidates)
+    n = 1 if n is None else n
     seed_i = _int_or_none(seed)
-    mnt = _int_or_none(max_new_tokens) or base.max_new_tokens
+    mnt = _int_or_none(max_new_tokens)
+    mnt = base.max_new_tokens if mnt is None else mnt
+    if seed_i is not None and seed_i >= 2**63:
+        raise EngineError(f"seed must be below 2**63, not {seed_i}")
     try:
         thr = float(threshold) if threshold not in (None, "") else 0.9
         temp = float(temperature) if temperature not in (None, "") else 0.0
@@ -486,6 +492,12 @@ class DemoApp:
         eng = self.engine
         if op == "fill":
             if span is None:
+                holes = len(eng.holes(text, language))
+                work = holes * settings.max_new_tokens
+                if work > MAX_FILL_ALL_TOKENS:
+                    raise EngineError(f"{holes} holes x {settings.max_new_tokens} new tokens is more than this demo "
+                                      f"decodes in one request ({MAX_FILL_ALL_TOKENS:,} tokens): lower max new "
+                                      "tokens or pick one hole")
                 return lambda **kw: eng.fill_all(text, language=language, settings=settings, **kw)
             return lambda **kw: eng.fill(text, span[0], span[1], language=language, settings=settings, **kw)
         if span is None:
