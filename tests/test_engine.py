@@ -533,3 +533,13 @@ def test_trimmed_context_keeps_its_head_while_typing(engine, before, after):
         common = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         moves += common < min(len(a), len(b)) - 8  # more changed than the last few (typed) tokens
     assert moves <= 1, moves  # 135 keystrokes; cuts that follow every token move 3-8 times here
+
+
+def test_an_empty_answer_keeps_a_placeholder_body(engine):
+    """A `pass` body filled with nothing would leave `def f():` without a body: the placeholder stays."""
+    from assistant.engine import _Job
+    from assistant.spans import Hole
+
+    job = _Job(Hole(9, 18, "placeholder", True, True), "def f():\n", "", "    pass\n")
+    assert engine._finish(job, "") == "    pass\n"
+    assert engine._finish(job, "    return 1\n") == "    return 1\n"
