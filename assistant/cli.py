@@ -296,7 +296,9 @@ def _run(command: str, args: argparse.Namespace) -> int:
     if args.apply:
         if name == "-":
             if not args.json:  # with --json the new text is the object's "new_text"
-                sys.stdout.write(res.new_text)
+                sys.stdout.flush()
+                sys.stdout.buffer.write((b"\xef\xbb\xbf" if bom else b"") + res.new_text.encode("utf-8"))
+                sys.stdout.buffer.flush()
         elif res.edits:
             backup = write_atomic(Path(name), res.new_text, bom=bom, expect=st)
             print(f"wrote {name} (backup: {backup})", file=sys.stderr)

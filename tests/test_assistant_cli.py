@@ -88,6 +88,14 @@ def test_apply_writes_through_a_symlink_and_refuses_a_read_only_file(src, tmp_pa
     assert src.read_text(encoding="utf-8") == "x = 1\n"
 
 
+def test_stdin_apply_keeps_a_bom(test_model_dir, capsysbinary, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbf" + SRC.encode("utf-8"))))
+    rc = main(["fill", "-", "--language", "python", "--line", "7", "--apply", "--model", str(test_model_dir),
+               "--max-new-tokens", "6", "--steps", "1"])
+    out = capsysbinary.readouterr().out
+    assert rc == 0 and out.startswith(b"\xef\xbb\xbfdef add(a, b):\n")
+
+
 def test_stdin_apply_json_is_one_json_object(test_model_dir, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(SRC.encode("utf-8"))))
     rc, out, _ = _run(["fill", "-", "--language", "python", "--line", "7", "--apply", "--json"], test_model_dir,
