@@ -105,6 +105,9 @@ class RemaskProtocol(LanguageServerProtocol):
             yield handler, (params,), None
 
     def structure_message(self, data: dict[str, Any]):
+        message = isinstance(data, dict) and "jsonrpc" in data and isinstance(data.get("method"), str)
+        if message and "params" not in data:
+            data = {**data, "params": None}  # JSON-RPC 2.0 lets a request or notification omit params
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:

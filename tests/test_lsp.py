@@ -604,15 +604,24 @@ async def test_bad_requests_get_errors_and_the_server_keeps_serving(client):
         await client.workspace_execute_command_async(T.ExecuteCommandParams(
             command="remask.apply", arguments=[{"uri": uri, "op": "explode"}]))
     assert ei.value.code == INVALID_PARAMS
+    # params left out (JSON-RPC allows it) is answered; an unknown method is -32601, not invalid params
+    assert getattr(await send_raw(client, "remask/status", None), "state", None) == "ready"
+    with pytest.raises(JsonRpcException) as ei:
+        await send_raw(client, "remask/nothing", None)
+    assert ei.value.code == -32601
     assert (await status(client))["state"] == "ready"
 
 
-async def send_raw(client: LanguageClient, method: str, params: dict):
-    """Send a request as raw JSON, bypassing the client's typed serialisation (to send malformed params)."""
+async def send_raw(client: LanguageClient, method: str, params: dict | None):
+    """Send a request as raw JSON, bypassing the client's typed serialisation (to send malformed params);
+    ``params`` None leaves the member out, as JSON-RPC allows."""
     msg_id = f"raw-{next(_counter)}"
     fut: Future = Future()
     client.protocol._request_futures[msg_id] = fut
-    body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    msg = {"jsonrpc": "2.0", "id": msg_id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    body = json.dumps(msg)
     client.protocol.writer.write(f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
     return await asyncio.wrap_future(fut)
 
