@@ -181,7 +181,7 @@ def _weight_files(folder: Path) -> list[Path]:
     single = folder / "model.safetensors"
     if single.is_file():
         return [single]
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(f for f in folder.glob("*.safetensors") if f.name != "training_state.safetensors")
     if files:
         return files
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):

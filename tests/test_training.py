@@ -369,6 +369,21 @@ def test_an_interrupted_checkpoint_swap_is_recovered(tmp_path):
     assert (target / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
 
 
+def test_a_corrupt_optimizer_state_is_a_clear_error(corpus, tmp_path, test_model_dir):
+    cfg = _cfg(ar_steps=4, save_every=2)
+
+    def stop(step, rec):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, "ar", tmp_path / "c", corpus, tokenizer_dir=test_model_dir, on_step=stop,
+                log=lambda s: None).run()
+    (tmp_path / "c" / "checkpoint" / "training_state.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(TrainingError, match="optimizer state cannot be read.*delete"):
+        Trainer(cfg, "ar", tmp_path / "c", corpus, tokenizer_dir=test_model_dir, log=lambda s: None).run()
+
+
 def test_training_cli_errors_are_one_line(tmp_path, corpus, capsys):
     from ui.cli import main
 

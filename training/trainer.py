@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
@@ -383,8 +384,12 @@ class Trainer:
 
         start_step, elapsed_before, tokens_seen = 0, 0.0, 0
         if resume:
-            tensors = load_file(str(self.ckpt_dir / "training_state.safetensors"))
-            _load_opt_state(lm, opt, tensors, state["optimizer"])
+            try:
+                tensors = load_file(str(self.ckpt_dir / "training_state.safetensors"))
+                _load_opt_state(lm, opt, tensors, state["optimizer"])
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+                raise TrainingError(f"{self.ckpt_dir}: the optimizer state cannot be read ({type(e).__name__}: "
+                                    f"{e}); delete {self.ckpt_dir} to restart the stage") from None
             if "rng/cpu" in tensors:
                 torch.set_rng_state(tensors["rng/cpu"])
             start_step, elapsed_before, tokens_seen = state["step"], state["elapsed_s"], state["tokens"]
