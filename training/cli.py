@@ -160,6 +160,9 @@ def _experiment(cfg, args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"error: --thresholds: {e}", file=sys.stderr)
         return 2
+    if cfg.time_budget_min or any(cfg.stage_value(s, "time_min") for s in ("ar", "bd")):
+        print("notice: the experiment's arms run --steps steps each (the same tokens per arm); the config's time "
+              "limits are not used", file=sys.stderr)
     corpus = Path(args.corpus or Path(cfg.out_dir) / "corpus")
     tokenize_corpus(corpus, cfg.init_from)
     out = Path(args.out or Path(cfg.out_dir) / "experiment")
