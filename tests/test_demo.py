@@ -69,6 +69,9 @@ def test_line_range_and_selection_resolve_to_offsets():
         resolve_span(text, "two", "")
     with pytest.raises(EngineError, match="past the end"):
         resolve_span(text, "", "3-99")
+    # a form feed or U+2028 is not a line break in the editor, a lone \r is
+    odd = "a\x0cb\nc\u2028d\re\n"
+    assert [odd[slice(*line_span(odd, i, i))] for i in (1, 2, 3)] == ["a\x0cb", "c\u2028d", "e"]
 
 
 def test_settings_from_controls_are_validated():

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -133,9 +134,9 @@ def language_of(name: str, engine: Any = None) -> str:
 
 def line_span(text: str, first: int, last: int) -> tuple[int, int]:
     """Offsets [start, end) of 1-based lines ``first``..``last`` inclusive, without the final line break."""
-    lines = text.splitlines(keepends=True) or [""]
-    if text.endswith("\n"):
-        lines.append("")
+    # Lines end at \n, \r\n or \r only, as in the editor (str.splitlines would also break at \x0c, U+2028 ...)
+    lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)", text)
+    lines.append(text[sum(len(x) for x in lines):])
     n = len(lines)
     if not 1 <= first <= n:
         raise EngineError(f"line {first} is outside the file (it has {n} lines)")
@@ -204,8 +205,9 @@ def check_inputs(text: str | None, instruction: str | None = None) -> str:
         raise EngineError("the editor is empty: type some code or pick an example")
     if len(text) > MAX_CHARS:
         raise EngineError(f"the code is {len(text):,} characters; this demo accepts at most {MAX_CHARS:,}")
-    if text.count("\n") + 1 > MAX_LINES:
-        raise EngineError(f"the code has {text.count(chr(10)) + 1:,} lines; this demo accepts at most {MAX_LINES:,}")
+    n_lines = len(re.findall(r"\r\n|\r|\n", text)) + 1
+    if n_lines > MAX_LINES:
+        raise EngineError(f"the code has {n_lines:,} lines; this demo accepts at most {MAX_LINES:,}")
     if instruction is not None and len(instruction) > MAX_INSTRUCTION_CHARS:
         raise EngineError(f"the instruction is {len(instruction):,} characters; the limit is {MAX_INSTRUCTION_CHARS:,}")
     return text
