@@ -346,6 +346,10 @@ def test_a_stage_ended_by_its_time_limit_continues_under_a_longer_one(corpus, tm
     Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, time_limit_min=1e-9,
             log=logs.append).run()  # the same limit: nothing to add
     assert "already finished" in logs[-1]
+    # the pipeline's limits are shares of what is left of its budget (larger on a rerun): it never extends
+    Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, time_limit_min=5.0,
+            log=logs.append, extend_time_limited=False).run()
+    assert "already finished" in logs[-1]
     Trainer(cfg, "ar", tmp_path / "t", corpus, tokenizer_dir=test_model_dir, log=logs.append).run()
     assert any("continuing under the new limit" in m for m in logs)
     assert json.loads((tmp_path / "t" / "checkpoint" / "training_state.json").read_text())["step"] == 6

@@ -84,7 +84,7 @@ def run_pipeline(cfg: TrainConfig, log=_log) -> Path:
             m = limits[s]
             log(f"{s}: time limit " + (f"{m:.1f} min" if m >= 1 else f"{60 * m:.0f} s"))
         trainer = Trainer(cfg, s, out / s, corpus_dir, tokenizer_dir=tok_dir, init_from=prev,
-                          time_limit_min=limits[s], log=log)
+                          time_limit_min=limits[s], log=log, extend_time_limited=False)
         final = trainer.run()
         prev = final
     log(f"pipeline: done in {(time.perf_counter() - t0) / 60:.1f} min; model: {final}")

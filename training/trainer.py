@@ -194,7 +194,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, stage: str, stage_dir: str | Path, corpus_dir: str | Path,
                  tokenizer_dir: str | Path | None = None, init_from: str | Path | None = None,
                  max_steps: int | None = None, time_limit_min: float | None = None,
-                 on_step: Callable[[int, dict], None] | None = None, log: Callable[[str], None] | None = None):
+                 on_step: Callable[[int, dict], None] | None = None, log: Callable[[str], None] | None = None,
+                 extend_time_limited: bool = True):
         if stage not in STAGE_KIND:
             raise ValueError(f"unknown stage {stage!r}")
         self.cfg, self.stage = cfg, stage
@@ -209,6 +210,9 @@ class Trainer:
         self.base_lr = float(cfg.stage_value(stage, "lr"))
         self.on_step = on_step
         self._log = log or (lambda s: print(s, file=sys.stderr))
+        # A stage its time limit ended continues when run again with a longer one (a user's explicit rerun);
+        # the pipeline turns this off: its limits are shares of what is left of a budget, larger on a rerun.
+        self.extend_time_limited = extend_time_limited
 
     def log(self, msg: str) -> None:
         if self.dist.main:
@@ -285,7 +289,7 @@ class Trainer:
         if state is not None:
             self._check_resume(state)
         if state and state.get("finished") and state.get("max_steps") == self.max_steps:
-            by_time = state.get("reason") == "time" and state["step"] < self.max_steps
+            by_time = self.extend_time_limited and state.get("reason") == "time" and state["step"] < self.max_steps
             if not by_time or (self.time_limit_s and self.time_limit_s <= state.get("elapsed_s", 0.0) + 1.0):
                 self.log(f"{self.stage}: already finished at step {state['step']} ({self.ckpt_dir}); skipping")
                 return self.ckpt_dir
