@@ -238,6 +238,28 @@ async def test_requests_while_loading_get_a_clear_answer_and_shutdown_is_prompt(
         await c.stop()
 
 
+async def test_shutdown_while_a_command_decodes_answers_null_and_exits_cleanly(test_model_dir):
+    """pygls cancelled pending requests while iterating its table of them: with a command decoding, shutdown
+    answered "dictionary changed size during iteration" and the process exited 1."""
+    c = await _start(["--model", str(test_model_dir)],
+                     init_options={**OPTIONS, "maxTokens": 1024, "steps": 4, "threshold": None})
+    try:
+        await wait_for(lambda: c.progress_reports and any(
+            isinstance(r[-1], T.WorkDoneProgressEnd) for r in c.progress_reports.values() if r), "the model")
+        uri = open_doc(c, "def f(x):\n    pass\n")
+        known = set(c.progress_reports)
+        job = asyncio.ensure_future(c.workspace_execute_command_async(T.ExecuteCommandParams(
+            command="remask.apply", arguments=[{"uri": uri, "op": "fillAll"}])))
+        await wait_for(lambda: [t for t in c.progress_reports if t not in known], "the command to start decoding")
+    finally:
+        assert await asyncio.wait_for(c.protocol.send_request_async(T.SHUTDOWN, None), 30) is None
+        c.protocol.notify(T.EXIT, None)
+        await asyncio.wait_for(c._server.wait(), 30)
+        assert c._server.returncode == 0
+        job.cancel()
+        await c.stop()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the same engine in this process, for the expected answers (same weights, same settings, greedy decoding)
 

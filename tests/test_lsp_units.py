@@ -157,3 +157,28 @@ def test_line_index_fast_conversion_equals_counting_characters():
             for u in inside:  # a unit inside a character: that character's end (as before)
                 assert idx.offset(0, u) == next(i + 1 for i in range(len(line))
                                                 if sum(_units(c, enc) for c in line[:i + 1]) >= u)
+
+
+def test_requests_before_initialize_get_server_not_initialized():
+    from pygls.exceptions import JsonRpcServerNotInitialized
+
+    class Ls:
+        initialized = False
+
+    @guarded
+    async def handler(ls, params):
+        return "answered"
+
+    with pytest.raises(JsonRpcServerNotInitialized):
+        asyncio.run(handler(Ls(), None))
+    Ls.initialized = True
+    assert asyncio.run(handler(Ls(), None)) == "answered"
+
+
+def test_span_labels_number_lines_in_the_whole_file():
+    from assistant.spans import spans_at
+
+    window_text = "def f(x):\n    return x + 1\n"  # lines 4001-4002 of a file cut to a window
+    labels = [s.label for s in spans_at(window_text, window_text.index("return"), language="python",
+                                        first_line=4001)]
+    assert any("line 4002" in label for label in labels) and not any("line 2)" in label for label in labels)
