@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from model.fileio import atomic_write
+from model.fileio import atomic_write, check_writable
 
 from .api import Cancelled, EditResult, EngineError, Settings
 from .positions import line_range_to_offsets, offset_to_position
@@ -107,8 +107,6 @@ def write_atomic(path: Path, text: str, bom: bool = False, backup: bool = True,
     ``expect``: the stat taken when the file was read; a file changed since is not overwritten.
     """
     path = Path(os.path.realpath(path))  # through a symlink to its target: the link stays a link
-    if path.exists() and not path.stat().st_mode & 0o222:
-        raise CliError(f"{path}: the file is read-only; nothing written (make it writable to apply edits)")
     if expect is not None:
         try:
             now = path.stat()
@@ -120,6 +118,7 @@ def write_atomic(path: Path, text: str, bom: bool = False, backup: bool = True,
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
     backup_path = None
     try:
+        check_writable(path)  # before the backup: a refused write leaves no .orig behind
         if backup and path.exists():
             backup_path = path.with_name(path.name + ".orig")
             atomic_write(backup_path, path.read_bytes(), mode)

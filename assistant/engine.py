@@ -898,7 +898,6 @@ class Engine:
         """
         h = job.hole
         out = raw.replace("\r\n", "\n")
-        crlf = "\r\n" in job.prefix[-2000:] + job.suffix[:2000]
         if h.single_line:
             nl = out.find("\n")
             if nl >= 0:
@@ -946,7 +945,7 @@ class Engine:
                 out = "\n".join(lines).rstrip()
         if not out.strip() and h.what in ("placeholder", "todo") and job.original.strip():
             return job.original  # an empty answer would leave `def f():` with no body: keep the placeholder
-        return _newlines_like(job, out) if crlf else out
+        return _newlines_like(job, out)
 
     def _indentation_ok(self, text: str, job: _Job, out: str) -> bool:
         """False when the new text would move the code around it into another block, or mixes tabs/spaces.

@@ -38,7 +38,7 @@ def units(s: str, encoding: str = "utf-16") -> int:
         return len(s)
     if enc == "utf-8":
         return len(s.encode("utf-8", "surrogatepass"))
-    return len(s) + sum(1 for c in s if ord(c) > 0xFFFF)
+    return len(s.encode("utf-16-le", "surrogatepass")) // 2  # an astral character is two units
 
 
 def line_starts(text: str) -> list[int]:

@@ -37,12 +37,14 @@ class Document:
         except Exception:
             return None
 
-    def apply(self, change: T.TextDocumentContentChangeEvent, encoding: str) -> bool:
-        """Apply one content change; False when its range started past the end (applied at the end)."""
+    def apply(self, change: T.TextDocumentContentChangeEvent, encoding: str, index: LineIndex | None = None) -> bool:
+        """Apply one content change; False when its range started past the end (applied at the end).
+
+        ``index``: a LineIndex of the current text in ``encoding`` when the caller has one (saves a rebuild)."""
         if not isinstance(change, T.TextDocumentContentChangePartial):
             self.source = change.text
             return True
-        idx = LineIndex(self.source, encoding)
+        idx = index if index is not None and index.text is self.source else LineIndex(self.source, encoding)
         inside = True
         offsets = []
         for pos in (change.range.start, change.range.end):

@@ -730,8 +730,9 @@ def build_server(config: ServerConfig | None = None, load_delay: float = 0.0) ->
             ls.log(f"didChange for {params.text_document.uri}, which is not open: ignored", T.MessageType.Warning)
             return
         uri = doc.uri
-        for ch in params.content_changes:
-            if not doc.apply(ch, ls.encoding):
+        for i, ch in enumerate(params.content_changes):
+            # the first change reuses the index the last request built for this version (typing: one per key)
+            if not doc.apply(ch, ls.encoding, ls.index(doc) if i == 0 else None):
                 ls.log(f"a change to {uri} starts past the end of the document: applied at the end",
                        T.MessageType.Warning)
             if isinstance(ch, T.TextDocumentContentChangePartial):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 import re
 
+from assistant.positions import units
+
 _NL = re.compile(r"\r\n|\r|\n")
 _CLOSERS = set(")]}>\"'`;:,")
 
@@ -95,12 +97,7 @@ class LineIndex:
         start, end = self.line_bounds(line)
         offset = min(offset, end)  # never point between \r and \n
         seg = self.text[start:offset]
-        if self.encoding == "utf-32" or seg.isascii():
-            return line, len(seg)
-        try:
-            return line, len(seg.encode(_CODECS[self.encoding])) // (2 if self.encoding == "utf-16" else 1)
-        except UnicodeEncodeError:  # a lone surrogate: count character by character
-            return line, sum(_units(c, self.encoding) for c in seg)
+        return line, units(seg, self.encoding)
 
 
 WINDOW_LINE_ALIGN = 64

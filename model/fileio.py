@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise PermissionError for an existing file without write permission bits: ``os.replace`` in a writable
+    folder would overwrite it anyway (and as root, ``os.access`` says yes to everything)."""
+    p = Path(path)
+    if p.exists() and not p.stat().st_mode & 0o222:
+        raise PermissionError(errno.EACCES, "the file is read-only", str(p))
 
 
 def atomic_write(path: str | Path, data: str | bytes, mode: int | None = None) -> None:
@@ -13,9 +22,10 @@ def atomic_write(path: str | Path, data: str | bytes, mode: int | None = None) -
 
     ``mode``: permission bits for the result; None keeps those of an existing file (new files get the
     umask default). On any failure the temporary file is removed and the target is untouched. A symlink is
-    written through (its target is replaced, the link kept).
+    written through (its target is replaced, the link kept); a read-only file is refused (PermissionError).
     """
     path = Path(os.path.realpath(path))  # a symlink stays a link: its target gets the new content
+    check_writable(path)
     if mode is None:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)

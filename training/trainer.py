@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from model.checkpoint import load_checkpoint, recover_swap, save_checkpoint
+from model.checkpoint import CheckpointError, check_device, load_checkpoint, recover_swap, save_checkpoint
 from model.config import preset
 from model.network import build_model, remask_config, set_attention_backend
 from model.tokenizer import Tokenizer
@@ -83,15 +83,11 @@ def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
     try:
-        d = torch.device(cfg.device)
-    except RuntimeError:
-        raise TrainingError(f"unknown device {cfg.device!r}: use auto, cpu, cuda or cuda:N") from None
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", local_rank)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"--device {cfg.device}: this PyTorch has no CUDA device to use (try --device cpu)")
-    if d.type == "cuda" and d.index >= torch.cuda.device_count():
-        raise TrainingError(f"--device {d}: there are {torch.cuda.device_count()} CUDA devices")
+        d = check_device(cfg.device)
+        if d.type == "cuda" and d.index is None:
+            d = check_device(torch.device("cuda", local_rank))
+    except CheckpointError as e:
+        raise TrainingError(f"--device: {e}") from None
     if d.type not in ("cpu", "cuda"):
         raise TrainingError(f"--device {cfg.device}: training runs on cpu or cuda")
     return d

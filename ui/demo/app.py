@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -30,6 +29,7 @@ from typing import Any
 import gradio as gr
 
 from assistant.api import Cancelled, CancelToken, EditResult, EngineError, EngineStep, InstructModelRequired, Settings
+from assistant.positions import line_starts
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +134,15 @@ def language_of(name: str, engine: Any = None) -> str:
 
 def line_span(text: str, first: int, last: int) -> tuple[int, int]:
     """Offsets [start, end) of 1-based lines ``first``..``last`` inclusive, without the final line break."""
-    # Lines end at \n, \r\n or \r only, as in the editor (str.splitlines would also break at \x0c, U+2028 ...)
-    lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)", text)
-    lines.append(text[sum(len(x) for x in lines):])
-    n = len(lines)
+    starts = line_starts(text)  # \n, \r\n or \r only, as in the editor (not \x0c or U+2028)
+    n = len(starts)
     if not 1 <= first <= n:
         raise EngineError(f"line {first} is outside the file (it has {n} lines)")
     if not first <= last <= n:
         raise EngineError(f"'to line' must be between {first} and {n}, not {last}")
-    start = sum(len(s) for s in lines[: first - 1])
-    end = sum(len(s) for s in lines[:last])
-    last_line = lines[last - 1]
-    end -= len(last_line) - len(last_line.rstrip("\r\n"))
-    return start, end
+    start, last_start = starts[first - 1], starts[last - 1]
+    last_line = text[last_start: starts[last] if last < n else len(text)]
+    return start, last_start + len(last_line.rstrip("\r\n"))
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -205,7 +201,7 @@ def check_inputs(text: str | None, instruction: str | None = None) -> str:
         raise EngineError("the editor is empty: type some code or pick an example")
     if len(text) > MAX_CHARS:
         raise EngineError(f"the code is {len(text):,} characters; this demo accepts at most {MAX_CHARS:,}")
-    n_lines = len(re.findall(r"\r\n|\r|\n", text)) + 1
+    n_lines = len(line_starts(text))
     if n_lines > MAX_LINES:
         raise EngineError(f"the code has {n_lines:,} lines; this demo accepts at most {MAX_LINES:,}")
     if instruction is not None and len(instruction) > MAX_INSTRUCTION_CHARS:

@@ -52,8 +52,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise FileError(f"cannot save {p}: folder {folder} does not exist")
-    if p.exists() and not p.stat().st_mode & 0o222:
-        raise FileError(f"cannot save {p}: the file is read-only")
     try:
         atomic_write(p, text)
     except OSError as e:
