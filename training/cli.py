@@ -19,30 +19,42 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices={"corpus": ["build", "tokenize", "info"], "tokenizer": ["train"],
                                            "train": ["ar", "bd", "sft", "pipeline", "experiment"]}[command],
                         help="what to do")
-    parser.add_argument("--config", default=None, help="TOML or YAML file of config fields")
-    parser.add_argument("--preset", default=None,
+    parser.add_argument("--config", default=None, metavar="FILE", help="TOML or YAML file of config fields")
+    parser.add_argument("--preset", default=None, metavar="NAME",
                         help=f"pipeline preset ({', '.join(PIPELINE_PRESETS)}); also sets the model shape")
-    parser.add_argument("--out", default=None, help="output folder (corpus, tokenizer, stage or pipeline folder)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (corpus, tokenizer, stage or pipeline folder)")
     if command == "corpus":
-        parser.add_argument("--tokenizer", default=None, help="tokenizer folder (tokenize)")
-        parser.add_argument("--corpus", default=None, help="corpus folder (tokenize, info)")
+        parser.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder (tokenize)")
+        parser.add_argument("--corpus", default=None, metavar="DIR", help="corpus folder (tokenize, info)")
     if command == "tokenizer":
-        parser.add_argument("--corpus", required=True, help="corpus folder built by `remask corpus build`")
+        parser.add_argument("--corpus", required=True, metavar="DIR",
+                            help="corpus folder built by `remask corpus build`")
     if command == "train":
-        parser.add_argument("--corpus", default=None, help="corpus folder (stage commands)")
-        parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the init checkpoint's)")
-        parser.add_argument("--steps", type=int, default=None, help="steps of this stage (= --STAGE-steps)")
-        parser.add_argument("--lr", type=float, default=None, help="peak learning rate of this stage")
-        parser.add_argument("--time-budget-min", dest="budget", type=float, default=None,
+        parser.add_argument("--corpus", default=None, metavar="DIR", help="corpus folder (stage commands)")
+        parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                            help="tokenizer folder (default: the init checkpoint's)")
+        parser.add_argument("--steps", type=int, default=None, metavar="N",
+                            help="steps of this stage (= --STAGE-steps)")
+        parser.add_argument("--lr", type=float, default=None, metavar="LR", help="peak learning rate of this stage")
+        parser.add_argument("--time-budget-min", dest="budget", type=float, default=None, metavar="MIN",
                             help="minutes: the whole pipeline's budget, or this stage's limit")
         g = parser.add_argument_group("experiment (AR continued vs BD CPT from --init-from, --steps each)")
         g.add_argument("--no-warmup-arm", action="store_true", help="also train arm (c): BD without warmup")
-        g.add_argument("--limit", type=int, default=200, help="HumanEval-Infilling tasks per split (0 = all)")
-        g.add_argument("--splits", default="single-line,multi-line", help="HumanEval-Infilling splits")
-        g.add_argument("--thresholds", default="0.7,0.8,0.9,0.95", help="thresholds tau for the BD arms")
-        g.add_argument("--exact-files", nargs="*", default=[], help="held-out files or folders for exact match")
-        g.add_argument("--eval-batch-size", type=int, default=16, help="tasks decoded together")
-        g.add_argument("--data", default=None, help="HumanEval-Infilling folder (default ../shared/data/...)")
+        g.add_argument("--limit", type=int, default=200, metavar="N",
+                       help="HumanEval-Infilling tasks per split (0 = all; default 200)")
+        g.add_argument("--splits", default="single-line,multi-line", metavar="SPLIT,...",
+                       help="HumanEval-Infilling splits (default single-line,multi-line)")
+        g.add_argument("--thresholds", default="0.7,0.8,0.9,0.95", metavar="TAU,...",
+                       help="thresholds tau for the BD arms (default 0.7,0.8,0.9,0.95)")
+        g.add_argument("--exact-files", nargs="*", default=[], metavar="PATH",
+                       help="held-out files or folders for exact match (default: none)")
+        g.add_argument("--eval-batch-size", type=int, default=16, metavar="N",
+                       help="tasks decoded together (default 16)")
+        g.add_argument("--data", default=None, metavar="PATH",
+                       help="HumanEval-Infilling data (github.com/openai/human-eval-infilling, nothing is "
+                            "downloaded): a .jsonl.gz file, or a folder holding the upstream "
+                            "HumanEval-*Infilling.jsonl.gz files")
     add_config_arguments(parser, skip=("preset", "time_budget_min") if command == "train" else ("preset",))
 
 

@@ -247,18 +247,118 @@ def _flatten(data: Any, path: str | Path) -> dict[str, Any]:
     return flat
 
 
+# Help text and metavar of every config field's flag: ``remask train --help`` is the reference a user reads.
+FIELD_HELP: dict[str, tuple[str, str]] = {
+    "out_dir": ("DIR", "run folder: OUT/corpus, OUT/tokenizer, OUT/ar, OUT/bd, OUT/sft go under it"),
+    "preset": ("NAME", "model shape (model.config.PRESETS: test, tiny, small, medium, ...)"),
+    "seed": ("N", "seed of data order, masking and initialisation (a rerun repeats the same run)"),
+    "sources": ("DIR,...", "comma-separated source folders for the corpus; empty: this Python's stdlib and "
+                "site-packages"),
+    "extensions": ("EXT,...", "comma-separated file suffixes gathered into the corpus"),
+    "holdout": ("PKG,...", "comma-separated top-level package names kept out of training (held-out split)"),
+    "min_file_bytes": ("N", "corpus: skip files smaller than this"),
+    "max_file_bytes": ("N", "corpus: skip files larger than this"),
+    "max_corpus_mb": ("MB", "corpus: stop gathering after this much text (files drawn in seeded order)"),
+    "skip_tests": ("", "corpus: skip test folders (test/, tests/, testing/)"),
+    "val_fraction": ("F", "corpus: share of files in the validation split, 0-1"),
+    "min_val_files": ("N", "corpus: at least this many validation files"),
+    "vocab_size": ("N", "tokenizer vocabulary size; 0: the model preset's"),
+    "tokenizer_max_mb": ("MB", "tokenizer: train on at most this much text"),
+    "seq_len": ("N", "tokens per training row"),
+    "batch_size": ("N", "rows per optimizer step, over all processes together"),
+    "grad_accum": ("N", "micro-batches accumulated per optimizer step"),
+    "num_workers": ("N", "data-loader worker processes (0: load in the training process)"),
+    "fim_rate": ("F", "share of rows made of fill-in-the-middle samples, 0-1"),
+    "fim_line_frac": ("F", "FIM middles of 1 to fim-max-middle-lines whole lines (relative weight)"),
+    "fim_inline_frac": ("F", "FIM middles inside one line (relative weight)"),
+    "fim_node_frac": ("F", "FIM middles that are a tree-sitter node: statement, block, expression (weight)"),
+    "fim_prefix_tokens": ("N", "FIM: cap on the prefix, in tokens"),
+    "fim_suffix_tokens": ("N", "FIM: cap on the suffix, in tokens"),
+    "fim_max_middle_lines": ("N", "FIM: most whole lines in a line middle"),
+    "ar_steps": ("N", "optimizer steps of the AR stage (0 skips it in the pipeline)"),
+    "bd_steps": ("N", "optimizer steps of the block-diffusion stage (0 skips it in the pipeline)"),
+    "sft_steps": ("N", "optimizer steps of the SFT stage (0 skips it in the pipeline)"),
+    "ar_time_min": ("MIN", "time limit of the AR stage in minutes (0: none)"),
+    "bd_time_min": ("MIN", "time limit of the BD stage in minutes (0: none)"),
+    "sft_time_min": ("MIN", "time limit of the SFT stage in minutes (0: none)"),
+    "time_budget_min": ("MIN", "pipeline: minutes split 45/45/10 over the stages without their own limit "
+                        "(0: none)"),
+    "ar_lr": ("LR", "peak learning rate of the AR stage"),
+    "bd_lr": ("LR", "peak learning rate of the BD stage"),
+    "sft_lr": ("LR", "peak learning rate of the SFT stage"),
+    "min_lr_ratio": ("F", "the schedule decays to this fraction of the peak learning rate, 0-1"),
+    "warmup_steps": ("N", "linear learning-rate warmup steps"),
+    "schedule": ("NAME", "learning-rate schedule: cosine, wsd (warmup-stable-decay) or constant"),
+    "wsd_decay_frac": ("F", "wsd: share of the steps spent decaying at the end"),
+    "weight_decay": ("F", "AdamW weight decay"),
+    "beta1": ("F", "AdamW beta1"),
+    "beta2": ("F", "AdamW beta2"),
+    "grad_clip": ("NORM", "clip the gradient norm to this (0: no clipping)"),
+    "bd_warmup_steps": ("N", "BD: steps over which the mask-ratio cap rises from bd-u-init to 1 (loss "
+                        "unweighted meanwhile)"),
+    "bd_u_init": ("F", "BD: mask-ratio cap at the start of the warmup, in (0, 1]"),
+    "bd_clip": ("", "BD: clip each block's mask ratio to at least 1/B, with one forced mask in an empty block"),
+    "sft_data": ("FILE,...", "comma-separated JSONL files of {\"prompt\", \"response\"} for SFT (besides the "
+                 "synthetic edit tasks)"),
+    "sft_synthetic_rate": ("F", "SFT: share of synthetic edit tasks when JSONL data is also given, 0-1"),
+    "sft_max_eos": ("N", "SFT: up to this many EOS tokens after a response, noised with it"),
+    "init_from": ("DIR", "checkpoint folder to start from (empty: the previous stage of the run, or random "
+                  "weights for ar)"),
+    "eval_every": ("N", "validation every N steps (0: never)"),
+    "eval_batches": ("N", "batches per validation"),
+    "save_every": ("N", "checkpoint every N steps (0: only at the end)"),
+    "log_every": ("N", "log metrics every N steps"),
+    "progress": ("", "show a progress bar"),
+    "device": ("DEV", "auto, cpu, cuda or cuda:N"),
+    "dtype": ("NAME", "auto (bf16 autocast on CUDA, fp32 on CPU), float32, or bfloat16 (autocast anywhere)"),
+    "compile": ("", "torch.compile each decoder layer (inductor: Triton on CUDA, C++ on CPU)"),
+    "fused_adamw": ("", "one fused AdamW kernel (off: the foreach implementation)"),
+    "attn": ("NAME", "attention: auto (flex on CUDA for BD, sdpa otherwise), sdpa, flex_attention or eager"),
+    "parallel": ("NAME", "with several processes (torchrun): ddp or fsdp"),
+}
+
+# Fields with a closed set of values: argparse checks them (and --help lists them) before any work starts.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "schedule": ("cosine", "wsd", "constant"),
+    "dtype": ("auto", "float32", "bfloat16"),
+    "attn": ("auto", "sdpa", "flex_attention", "eager"),
+    "parallel": ("ddp", "fsdp"),
+}
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value) if value else "empty"
+    if isinstance(value, str):
+        return value or "empty"
+    return repr(value)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--field value`` option per config field (``--out-dir`` and ``--out_dir`` both work)."""
+    """One ``--field value`` option per config field (``--out-dir`` and ``--out_dir`` both work).
+
+    A true/false field is ``--field`` / ``--no-field`` (``--field false`` is still read, as config files
+    and older command lines write it)."""
     g = parser.add_argument_group("config fields (override preset and --config)")
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        flags = [f"--{f.name.replace('_', '-')}"]
-        if "_" in f.name:
-            flags.append(f"--{f.name}")
-        g.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar="V",
-                       help=f"(default {default!r})")
+        metavar, text = FIELD_HELP[f.name]
+        dash = f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            how = f"on; --no-{dash} turns it off" if default else f"off; --{dash} turns it on, --no-{dash} off"
+            kw: dict[str, Any] = dict(nargs="?", const="true", metavar="true|false", help=f"{text} (default {how})")
+            g.add_argument(f"--no-{dash}", dest=f"cfg_{f.name}", action="store_const", const="false",
+                           help=argparse.SUPPRESS)
+        else:
+            choices = FIELD_CHOICES.get(f.name)
+            kw = dict(choices=choices, metavar="{" + ",".join(choices) + "}" if choices else metavar,
+                      help=f"{text} (default {_show_default(default)})")
+        g.add_argument(f"--{dash}", dest=f"cfg_{f.name}", default=None, **kw)
+        if "_" in f.name:  # the spelling of config files works too, without doubling every help line
+            g.add_argument(f"--{f.name}", dest=f"cfg_{f.name}", default=None, **{**kw, "help": argparse.SUPPRESS})
 
 
 def build_config(args: argparse.Namespace, preset_name: str | None = None) -> TrainConfig:
