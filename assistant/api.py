@@ -61,9 +61,11 @@ class Candidate:
     edits: list[TextEdit]
     new_text: str
     diff: str
-    score: float  # mean log-probability of the generated tokens (higher is better)
+    score: float  # mean log-probability of the generated tokens (higher is better; -inf when there were none)
     parses: bool = True
     indentation_ok: bool = True
+    # The model answered nothing (EOS at once, or only whitespace): "no suggestion", so no edit, never a deletion.
+    empty: bool = False
 
 
 @dataclass
@@ -78,6 +80,9 @@ class EditResult:
     flagged: list[TokenScore] = field(default_factory=list)  # repair: tokens found improbable
     spans: list[Span] = field(default_factory=list)  # the spans that were regenerated
     stats: dict = field(default_factory=dict)  # nfe, tokens, tokens_per_forward, elapsed_s, steps
+    # One line for the user when the result needs a word: no suggestion (the model answered nothing), holes left
+    # alone, or the suggestion does not parse. None when there is nothing to say.
+    message: str | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -157,27 +158,41 @@ def _relabel(diff: str, name: str) -> str:
     return "".join(lines)
 
 
+def _finite(v):
+    """``v`` with every non-finite float as None: -Infinity and NaN are not JSON (strict parsers reject them)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def result_json(res: EditResult, text: str, name: str) -> dict:
-    """A JSON-ready record of a result, positions given as offsets and as (line, UTF-16 character)."""
+    """A JSON-ready record of a result, positions given as offsets and as (line, UTF-16 character).
+
+    Strict JSON: a score with no tokens behind it (an empty answer) is null, never -Infinity."""
 
     def pos(off: int) -> dict:
         line, ch = offset_to_position(text, off, "utf-16")
         return {"offset": off, "line": line, "character": ch}
 
-    return {
+    return _finite({
         "file": name,
         "op": res.op,
         "changed": bool(res.edits),
+        "message": res.message,
         "edits": [{"start": pos(e.start), "end": pos(e.end), "new_text": e.new_text} for e in res.edits],
         "diff": _relabel(res.diff, name),
         "new_text": res.new_text,
         "spans": [{"start": pos(s.start), "end": pos(s.end), "kind": s.kind, "label": s.label} for s in res.spans],
         "candidates": [{"score": c.score, "parses": c.parses, "indentation_ok": c.indentation_ok,
-                        "diff": _relabel(c.diff, name)} for c in res.candidates],
+                        "empty": c.empty, "diff": _relabel(c.diff, name)} for c in res.candidates],
         "flagged": [{"start": pos(f.start), "end": pos(f.end), "text": f.text, "prob": f.prob, "best": f.best}
                     for f in res.flagged],
         "stats": res.stats,
-    }
+    })
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -215,7 +230,8 @@ def _load_engine(args: argparse.Namespace):
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
-        engine = Engine.load(args.model, device=args.device, settings=_settings(args), dtype=dtype)
+        engine = Engine.load(args.model, device=args.device, settings=_settings(args), dtype=dtype,
+                             adapter=args.adapter, merge_adapter=not args.adapter_unmerged)
     except EngineError as e:
         hint = "" if args.model or "device" in str(e) else \
             " (--model random:small gives an untrained model that exercises the mechanics)"
@@ -223,6 +239,43 @@ def _load_engine(args: argparse.Namespace):
     if "RANDOM" in engine.info.get("description", "").upper():
         print(f"notice: using an untrained model ({engine.info['description']}); expect noise", file=sys.stderr)
     return engine
+
+
+def _check_arguments(command: str, args: argparse.Namespace, text: str) -> None:
+    """Every check that needs only the arguments and the file, done before the model loads (seconds)."""
+    if command == "fill" and args.line is not None:
+        if args.line < 1:
+            raise CliError(f"--line {args.line}: lines are numbered from 1")
+        try:
+            line_range_to_offsets(text, args.line, args.line)
+        except EngineError as e:
+            raise CliError(f"--line {args.line}: {e}") from e
+    if args.range_ is not None:
+        try:
+            s, e = line_range_to_offsets(text, *_parse_range(args.range_))
+        except EngineError as err:
+            raise CliError(f"--range {args.range_}: {err}") from err
+        if command == "edit" and s == e:
+            raise CliError(f"lines {args.range_} are empty: nothing to {args.op}")
+    if command == "fill" and args.rounds < 1:
+        raise CliError("--rounds must be at least 1")
+    if command == "edit":
+        if args.op == "instruct" and not (args.instruction or "").strip():
+            raise CliError("--op instruct needs --instruction TEXT")
+        if args.candidates is not None and args.candidates < 1:
+            raise CliError("--candidates must be at least 1")
+        if args.repair_fraction is not None and not 0 < args.repair_fraction <= 1:
+            raise CliError("--repair-fraction must be in (0, 1]")
+    if args.max_new_tokens < 1:
+        raise CliError("--max-new-tokens must be at least 1")
+    if args.apply and args.file != "-":
+        path = Path(os.path.realpath(args.file))
+        try:
+            check_writable(path)
+        except OSError as e:
+            raise CliError(f"{args.file}: {e.strerror}; --apply would not be able to write it") from None
+        if not os.access(path.parent, os.W_OK):
+            raise CliError(f"{args.file}: its folder is not writable; --apply would not be able to write it")
 
 
 def _operate(command: str, args: argparse.Namespace, engine, text: str, language: str | None) -> EditResult:
@@ -281,6 +334,7 @@ def _run(command: str, args: argparse.Namespace) -> int:
     language = args.language or (language_for(name) if name != "-" else None)
     if args.language and normalize_language(args.language) is None:
         print(f"notice: no grammar for {args.language!r}; treating the file as plain text", file=sys.stderr)
+    _check_arguments(command, args, text)
     engine = _load_engine(args)
     try:
         res = _operate(command, args, engine, text, language)
@@ -291,7 +345,7 @@ def _run(command: str, args: argparse.Namespace) -> int:
         print(f"notice: {shown} does not parse cleanly; spans come from tree-sitter's error recovery", file=sys.stderr)
     if args.json:
         utf = (getattr(sys.stdout, "encoding", "") or "").lower().replace("-", "").startswith("utf")
-        print(json.dumps(result_json(res, text, shown), ensure_ascii=not utf, indent=2))
+        print(json.dumps(result_json(res, text, shown), ensure_ascii=not utf, indent=2, allow_nan=False))
     if args.apply:
         if name == "-":
             if not args.json:  # with --json the new text is the object's "new_text"
@@ -303,11 +357,18 @@ def _run(command: str, args: argparse.Namespace) -> int:
             print(f"wrote {name} (backup: {backup})", file=sys.stderr)
     if not args.json and not (args.apply and name == "-"):
         if not res.edits:
-            print("no change", file=sys.stderr)
+            msg = res.message if (res.message or "").startswith("no suggestion") else \
+                "no change" + (f" ({res.message})" if res.message else "")
+            print(msg + (f"; {name} left as it was" if args.apply else ""), file=sys.stderr)
         else:
             diff = _relabel(res.diff, shown)
             use_color = args.color if args.color is not None else sys.stdout.isatty()
             sys.stdout.write(colorize(diff) if use_color else diff)
+    if res.message and not args.json:
+        if res.edits:  # the suggestion does not parse, or some holes got no suggestion
+            print(f"warning: {res.message}", file=sys.stderr)
+        elif args.apply and name == "-":  # (otherwise said above)
+            print(res.message, file=sys.stderr)
     if res.flagged and not args.json:
         for f in res.flagged:
             line, ch = offset_to_position(text, f.start, "utf-32")

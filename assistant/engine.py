@@ -209,10 +209,12 @@ class Engine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "cpu", settings: Settings | None = None,
-             dtype: torch.dtype | None = None) -> Engine:
-        """An engine over a model folder, ``None``/"default" (the shipped model) or ``random:PRESET``."""
+             dtype: torch.dtype | None = None, adapter: str | None = None, merge_adapter: bool = True) -> Engine:
+        """An engine over a model folder, ``None``/"default" (the shipped model) or ``random:PRESET``, optionally
+        with a LoRA ``adapter`` folder (merged unless ``merge_adapter`` is off)."""
         try:
-            m, tok, desc = resolve_model(model, device=device, dtype=dtype)
+            m, tok, desc = resolve_model(model, device=device, dtype=dtype, adapter=adapter,
+                                         merge_adapter=merge_adapter)
         except (CheckpointError, KeyError) as e:
             raise ModelLoadError(str(e).strip("'\"")) from e
         if tok is None and str(model).startswith("random:"):
@@ -300,15 +302,22 @@ class Engine:
         rs = replace(s, max_new_tokens=max_new, temperature=temperature)
         prompt = self._fim_prompt(job.prefix, job.suffix, rs)
         res = self._generate([prompt.ids] * n, rs, hole.single_line, [hole.span(text)] * n, callback, cancel)
-        cands: dict[str, Candidate] = {}
+        cands: dict[str | None, Candidate] = {}
         for i in range(n):
-            out = self._finish(job, self.tok.decode(res.tokens[i]))
-            c = self._candidate(text, [(job, out)], res.score(i), parsed)
-            if out not in cands or cands[out].score < c.score:
-                cands[out] = c
-        ranked = sorted(cands.values(), key=lambda c: (not c.parses, not c.indentation_ok, -c.score))
+            out, empty = self._answer(job, self.tok.decode(res.tokens[i]))
+            c = self._candidate(text, [(job, out)], float("-inf") if empty else res.score(i), parsed, empty=empty)
+            key = None if empty else out  # all empty answers are one "no suggestion" candidate
+            if key not in cands or cands[key].score < c.score:
+                cands[key] = c
+        # An empty answer ranks last: it is the default only when every candidate is empty.
+        ranked = sorted(cands.values(), key=lambda c: (c.empty, not c.parses, not c.indentation_ok, -c.score))
+        message = None
+        if ranked[0].empty:
+            message = "no suggestion: the model answered nothing for this span" + \
+                (f" ({n} candidates)" if n > 1 else "")
         return self._result("regenerate", text, ranked, [hole.span(text)], parsed, language, res, prompt,
-                            candidates_decoded=n, temperature=temperature)
+                            message=message, candidates_decoded=n, temperature=temperature,
+                            empty_answers=sum(1 for i in range(n) if not res.tokens[i]))
 
     def score(self, text: str, start: int, end: int, *, language: str | None = None,
               settings: Settings | None = None) -> list[TokenScore]:
@@ -432,13 +441,19 @@ class Engine:
         rs = replace(s, max_new_tokens=max_new)
         res = self._generate([ids], rs, False, [hole.span(text)], callback, cancel)
         reply = self.tok.decode(res.tokens[0])
-        out = self._reindent(job, self._extract_code(reply))
-        if hole.whole_lines and out and not out.endswith("\n") and job.original.endswith("\n"):
-            out += "\n"
-        out = _newlines_like(job, out)
-        cand = self._candidate(text, [(job, out)], res.score(0), parsed)
+        code = self._extract_code(reply)
+        empty = not code.strip()
+        if empty:  # no code in the reply: no suggestion, never a deletion of the span
+            out = job.original
+        else:
+            out = self._reindent(job, code)
+            if hole.whole_lines and out and not out.endswith("\n") and job.original.endswith("\n"):
+                out += "\n"
+            out = _newlines_like(job, out)
+        cand = self._candidate(text, [(job, out)], float("-inf") if empty else res.score(0), parsed, empty=empty)
         return self._result("instruct", text, [cand], [hole.span(text)], parsed, language, res,
-                            _Prompt(ids, False), reply=reply)
+                            _Prompt(ids, False), reply=reply,
+                            message="no suggestion: the model's reply had no code" if empty else None)
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -689,14 +704,18 @@ class Engine:
     def _flag(candidates: list[int], logp: list[float], best: list[tuple[int, float]], s: Settings) -> list[int]:
         """Indices to remask: the least likely fraction, or tokens below the threshold that the model would
         confidently replace (its best token ``repair_ratio`` times likelier), so that positions where the
-        model is merely unsure (a fresh identifier, a literal) are left alone."""
+        model is merely unsure (a fresh identifier, a literal) are left alone. A token the model would put there
+        itself (its own first choice) is never flagged, however low its probability: re-decoding could only
+        give the same token back."""
         if not candidates:
             return []
         if s.repair_fraction is not None:
             if not 0 < s.repair_fraction <= 1:
                 raise EngineError("repair_fraction must be in (0, 1]")
             k = max(1, math.ceil(s.repair_fraction * len(candidates)))
-            return sorted(sorted(candidates, key=lambda i: logp[i])[:k])
+            least = sorted(candidates, key=lambda i: logp[i])[:k]
+            return sorted(i for i in least if logp[i] < best[i][1])
+        candidates = [i for i in candidates if logp[i] < best[i][1]]
         thr = math.log(max(s.repair_threshold, 1e-300))
         margin = math.log(max(s.repair_ratio, 1.0))
         return [i for i in candidates if logp[i] < thr and best[i][1] - logp[i] >= margin]
@@ -883,14 +902,49 @@ class Engine:
                                  callback, cancel)
             nfe += res.nfe
             steps += res.steps
-            outs = [(j, self._finish(j, self.tok.decode(res.tokens[i]))) for i, j in enumerate(jobs)]
-        score = sum(res.score(i) for i in range(len(jobs))) / len(jobs)
-        cand = self._candidate(text, outs, score, parsed)
-        r = self._result(op, text, [cand], spans, parsed, language, res, _Prompt(prompts[0].ids, trimmed))
-        r.stats.update(holes=len(holes), rounds=rounds, nfe=nfe, steps=steps)
+            answers = [self._answer(j, self.tok.decode(res.tokens[i])) for i, j in enumerate(jobs)]
+            outs = [(j, out) for j, (out, _) in zip(jobs, answers, strict=True)]
+        empty = [i for i, (_, e) in enumerate(answers) if e]
+        # An empty answer is "no suggestion": its hole keeps its text, and it does not count in the score.
+        scored = [i for i in range(len(jobs)) if i not in empty]
+        score = sum(res.score(i) for i in scored) / len(scored) if scored else float("-inf")
+        cand = self._candidate(text, outs, score, parsed, empty=len(empty) == len(jobs))
+        message = None
+        if len(empty) == len(jobs):
+            message = "no suggestion: the model answered nothing for " + \
+                ("this hole" if len(jobs) == 1 else f"any of the {len(jobs)} holes")
+        elif empty:
+            message = f"{len(empty)} of {len(jobs)} holes got no suggestion (the model answered nothing): " \
+                      "left as they were"
+        r = self._result(op, text, [cand], spans, parsed, language, res, _Prompt(prompts[0].ids, trimmed),
+                         message=message)
+        r.stats.update(holes=len(holes), rounds=rounds, nfe=nfe, steps=steps, empty_answers=len(empty),
+                       confidence=self._confidence(res, scored))
         return r
 
+    @staticmethod
+    def _confidence(res, rows: list[int]) -> float | None:
+        """Mean probability of the tokens the model wrote in ``rows`` (when it committed them); None if none."""
+        probs = [math.exp(lp) for i in rows for lp in res.logprobs[i]]
+        return round(sum(probs) / len(probs), 4) if probs else None
+
+    def _answer(self, job: _Job, raw: str) -> tuple[str, bool]:
+        """(the region's new text, whether the answer was empty).
+
+        Nothing, or only whitespace, once tidied (EOS at once, a one-line hole answered with a line break, a
+        repeat of the text after the region) is no suggestion: the region keeps its text instead of being
+        deleted; a deletion must never be the model's way of saying nothing.
+        """
+        out = self._tidy(job, raw)
+        if out.strip():
+            return out, False
+        return job.original, True
+
     def _finish(self, job: _Job, raw: str) -> str:
+        """The region's new text for a generated middle: ``_tidy``, and the region as it was for an empty answer."""
+        return self._answer(job, raw)[0]
+
+    def _tidy(self, job: _Job, raw: str) -> str:
         """Cut and tidy a generated middle the way the task is defined.
 
         One-line holes end at the first newline; whole-line regions end with exactly one line break and
@@ -943,8 +997,6 @@ class Engine:
                         lines = lines[:-k]
                         break
                 out = "\n".join(lines).rstrip()
-        if not out.strip() and h.what in ("placeholder", "todo") and job.original.strip():
-            return job.original  # an empty answer would leave `def f():` with no body: keep the placeholder
         return _newlines_like(job, out)
 
     def _indentation_ok(self, text: str, job: _Job, out: str) -> bool:
@@ -981,7 +1033,8 @@ class Engine:
         ref = _indent_width(_indent(job.prefix[line_start:]))
         return all(_indent_width(_indent(ln)) >= ref for ln in lines[1:])
 
-    def _candidate(self, text: str, outs: list[tuple[_Job, str]], score: float, parsed: Parsed) -> Candidate:
+    def _candidate(self, text: str, outs: list[tuple[_Job, str]], score: float, parsed: Parsed,
+                   empty: bool = False) -> Candidate:
         edits = []
         for job, out in outs:
             e = _minimal_edit(job.hole.start, job.original, out)
@@ -996,11 +1049,15 @@ class Engine:
                 # tree-sitter-python tolerates an empty or dedented block; CPython's parser does not.
                 parses = _python_compiles(new_text)
         indent_ok = all(self._indentation_ok(text, job, out) for job, out in outs)
-        return Candidate(edits, new_text, unified_diff(text, new_text), float(score), parses, indent_ok)
+        return Candidate(edits, new_text, unified_diff(text, new_text), float(score), parses, indent_ok, empty)
 
     def _result(self, op: str, text: str, cands: list[Candidate], spans: list[Span], parsed: Parsed,
-                language, res, prompt: _Prompt | None, **extra) -> EditResult:
+                language, res, prompt: _Prompt | None, message: str | None = None, **extra) -> EditResult:
         best = cands[0]
+        if best.edits and not best.parses and parsed.tree is not None and parsed.errors == 0:
+            # The original parsed and the suggestion does not: every front end says so, not only --json.
+            note = f"the suggestion does not parse ({parsed.language}); check it before keeping it"
+            message = f"{message}; {note}" if message else note
         stats: dict = {"language": parsed.language or "plain text", "syntax": parsed.syntax}
         if language and normalize_language(language) is None:
             stats["notice"] = f"no grammar for {language!r}: plain-text fallback"
@@ -1014,7 +1071,7 @@ class Engine:
             stats.update(prompt_tokens=len(prompt.ids), context_trimmed=prompt.trimmed)
         stats.update(extra)
         return EditResult(op=op, edits=best.edits, new_text=best.new_text, diff=best.diff, candidates=cands,
-                          spans=spans, stats=stats)
+                          spans=spans, stats=stats, message=message)
 
     @staticmethod
     def _extract_code(reply: str) -> str:

@@ -67,7 +67,7 @@ def offset_to_position(text: str, offset: int, encoding: str = "utf-16") -> tupl
     starts = line_starts(text)
     line = bisect.bisect_right(starts, offset) - 1
     # An offset between \r and \n belongs to the line the \r ends; report it at the line's end.
-    return line, units(text[starts[line]: offset], encoding)
+    return line, units(text[starts[line]: min(offset, _line_end(text, starts, line))], encoding)
 
 
 def position_to_offset(text: str, line: int, character: int, encoding: str = "utf-16",
@@ -179,7 +179,8 @@ class LineIndex:
     def offset_to_position(self, offset: int, encoding: str = "utf-16") -> tuple[int, int]:
         _check_offset(self.text, offset)
         line = bisect.bisect_right(self.starts, offset) - 1
-        return line, units(self.text[self.starts[line]: offset], encoding)
+        end = min(offset, _line_end(self.text, self.starts, line))  # between \r and \n: the line's end
+        return line, units(self.text[self.starts[line]: end], encoding)
 
     def position_to_offset(self, line: int, character: int, encoding: str = "utf-16", clamp: bool = False) -> int:
         if 0 <= line < len(self.starts):

@@ -11,6 +11,7 @@ until the token budget is spent.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import os
 import re
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .api import EngineError, Span
-from .positions import OffsetMap, line_starts
+from .positions import OffsetMap, _line_end, line_starts
 
 # language -> (module, attribute returning the language pointer)
 GRAMMARS: dict[str, tuple[str, str]] = {
@@ -520,19 +521,23 @@ def spans_at(text: str, start: int, end: int | None = None, language: str | None
                     add(s, e, kind, node.type)
             node = node.parent
     else:
-        # Plain text: the paragraph (lines up to blank lines) around the cursor.
+        # Plain text: the paragraph (lines up to blank lines) around the cursor. Lines are the LSP's (\n, \r\n,
+        # \r), the same ones line_starts counts: str.splitlines would also split at form feeds and U+2028.
         starts = line_starts(text)
-        lines = text.splitlines(keepends=True) or [""]
-        first = max(0, text.count("\n", 0, start))
-        last = max(first, text.count("\n", 0, max(start, end - 1)))
-        while first > 0 and lines[first - 1].strip():
+
+        def content(i: int) -> str:
+            return text[starts[i]: _line_end(text, starts, i)]
+
+        first = bisect.bisect_right(starts, start) - 1
+        last = max(first, bisect.bisect_right(starts, max(start, end - 1)) - 1)
+        while first > 0 and content(first - 1).strip():
             first -= 1
-        while last + 1 < len(lines) and lines[last + 1].strip():
+        while last + 1 < len(starts) and content(last + 1).strip():
             last += 1
-        if first < len(starts) and last < len(lines):
-            s = starts[first]
-            e = starts[last] + len(lines[last].rstrip("\r\n"))
-            if count(text[s:e]) <= budget:
-                add(s, e, "block")
+        s, e = starts[first], _line_end(text, starts, last)
+        if count(text[s:e]) <= budget:
+            add(s, e, "block")
+    # Whatever a grammar's error recovery reports, a choice never leaves the document.
+    choices = [c for c in choices if 0 <= c.start <= c.end <= n]
     choices.sort(key=lambda c: (0 if c.kind == "hole" else 1, c.end - c.start))
     return choices

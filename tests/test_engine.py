@@ -342,7 +342,10 @@ def test_flagging_rules():
     assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_threshold=0.05)) == [1, 2]
     assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_threshold=0.05, repair_ratio=10.0)) == [1]
     assert Engine._flag([0, 1, 2, 3], lp, best, Settings(repair_fraction=0.5)) == [1, 2]
-    assert Engine._flag([0, 3], lp, best, Settings(repair_fraction=0.5)) == [3]
+    # Tokens 0 and 3 are the model's own first choices (their log p is the best one): never flagged, in any mode.
+    assert Engine._flag([0, 3], lp, best, Settings(repair_fraction=0.5)) == []
+    assert Engine._flag([0, 3], lp, best, Settings(repair_threshold=0.99)) == []
+    assert Engine._flag([0, 1, 3], lp, best, Settings(repair_threshold=0.99)) == [1]
     with pytest.raises(EngineError):
         Engine._flag([0], lp, best, Settings(repair_fraction=2.0))
 
