@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lsp": ("lsp.server", "start the language server (stdio, or --tcp HOST:PORT)"),
     "tui": ("ui.tui.cli", "open the terminal editor"),
     "demo": ("ui.demo.cli", "launch the Gradio web demo"),
+    "serve": ("serve.cli", "serve the model over HTTP to editor plugins (llama.cpp, OpenAI, Ollama APIs)"),
 }
 
 

@@ -1,0 +1,404 @@
+"""One worker thread that owns the model: requests queue up, and completions that wait together decode together.
+
+Completion rows (every FIM/continuation dialect) that are queued while a batch decodes form the next batch:
+one ``model.decoder.generate`` call over rows of different prompt lengths. A row leaves as soon as the
+decoder finishes it (its answer goes back from the step callback, before the rest of the batch is done),
+or when its client disconnects, a newer request for the same slot arrives, or its ``t_max_predict_ms``
+passes after it has written a line; the batch stops between steps once every row has left. Engine
+operations (``/remask/v1/edit``) run one at a time through the engine's own methods, so they give exactly
+the in-process result. Each client slot keeps its own prompt cache, so llama.vim's warm-up requests pay off.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .fim import cut_indent, cut_stop, render_extra
+from .metrics import Metrics
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` requests; answer 503 with Retry-After."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping; no new work is accepted."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (client gone, a newer request for its slot, shutdown) before it finished."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Completion:
+    """One row to generate: FIM around a cursor (``suffix`` may be empty: a plain continuation)."""
+
+    prefix: str = ""
+    suffix: str = ""
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    ids: list[int] | None = None  # a ready prompt (chat) instead of prefix/suffix
+    max_new: int = 128  # 0: warm the slot's prompt cache only
+    temperature: float = 0.0
+    seed: int | None = 0
+    stop: tuple[str, ...] = ()
+    n_indent: int = 0
+    t_max_predict_ms: float | None = None
+    slot: str | None = None
+
+
+@dataclass
+class CompletionResult:
+    text: str
+    tokens_predicted: int
+    prompt_tokens: int
+    tokens_cached: int
+    truncated: bool
+    finish: str  # "eos" | "stop" | "length" | "time"
+    stopping_word: str | None
+    prompt_ms: float
+    predicted_ms: float
+    batch_size: int
+    nfe: int = 0
+
+
+@dataclass
+class Job:
+    kind: str  # "complete" | "op"
+    payload: object
+    slot: str | None = None
+    progress: Callable[[object], None] | None = None  # called on the worker thread
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self, reason: str) -> None:
+        if not self.cancelled.is_set():
+            self.reason = reason
+            self.cancelled.set()
+
+    def resolve(self, value=None, error: BaseException | None = None) -> bool:
+        """Set the answer once; False when it was already set."""
+        if self.future.done():
+            return False
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            return False
+        return True
+
+
+class Scheduler:
+    """Queue plus worker thread over one ``Engine`` (see the module docstring)."""
+
+    def __init__(self, engine_loader: Callable[[], object], *, max_queue: int = 64, max_batch: int = 16,
+                 max_slots: int = 32, metrics: Metrics | None = None) -> None:
+        self._loader = engine_loader
+        self.engine = None
+        self.state = "loading"
+        self.detail = ""
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.metrics = metrics or Metrics()
+        self._pending: list[Job] = []
+        self._running: list[Job] = []
+        self._by_slot: dict[str, Job] = {}
+        self._caches: OrderedDict[str, object] = OrderedDict()
+        self._max_slots = max_slots
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name="remask-serve-worker", daemon=True)
+
+    # ------------------------------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new work, cancel what is queued or running (each answered), and join the worker."""
+        with self._cv:
+            self._stopping = True
+            for j in self._pending + self._running:
+                j.cancel("the server is shutting down")
+            for j in self._pending:
+                j.resolve(error=JobCancelled("the server is shutting down"))
+            self._pending.clear()
+            self._cv.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def drain(self) -> None:
+        """Stop taking new requests; queued and running ones still finish."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.state == "loading":
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return self.state == "ready"
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job``; a newer job for the same slot cancels the older one. Raises QueueFull/ShuttingDown."""
+        with self._cv:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            if len(self._pending) >= self.max_queue:
+                self.metrics.inc("remask_rejected_total", {"reason": "queue_full"})
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry shortly")
+            if job.slot is not None and not (job.kind == "complete" and job.payload.max_new == 0):
+                old = self._by_slot.get(job.slot)
+                if old is not None and not old.future.done():
+                    self._cancel_locked(old, "superseded by a newer request for the same slot")
+                self._by_slot[job.slot] = job
+            self._pending.append(job)
+            self.metrics.set("remask_queue_depth", len(self._pending))
+            self._cv.notify_all()
+        return job
+
+    def cancel(self, job: Job, reason: str) -> None:
+        with self._cv:
+            self._cancel_locked(job, reason)
+
+    def _cancel_locked(self, job: Job, reason: str) -> None:
+        job.cancel(reason)
+        if job in self._pending:  # not started: answer now; a running one stops between steps
+            self._pending.remove(job)
+            job.resolve(error=JobCancelled(reason))
+            self.metrics.set("remask_queue_depth", len(self._pending))
+
+    # ------------------------------------------------------------------------------------------ worker
+
+    def _main(self) -> None:
+        try:
+            self.engine = self._loader()
+            self.state = "ready"
+        except Exception as e:  # noqa: BLE001 - any load failure is reported on /health, not raised
+            self.state, self.detail = "failed", str(e) or type(e).__name__
+            with self._cv:
+                for j in self._pending:
+                    j.resolve(error=RuntimeError(f"the model failed to load: {self.detail}"))
+                self._pending.clear()
+            return
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                first = self._pending.pop(0)
+                batch = [first]
+                if first.kind == "complete" and first.payload.max_new > 0:  # a warm-up runs alone (its slot's cache)
+                    key = self._key(first.payload)
+                    for j in list(self._pending):
+                        if len(batch) >= self.max_batch:
+                            break
+                        if j.kind == "complete" and self._key(j.payload) == key:
+                            batch.append(j)
+                            self._pending.remove(j)
+                self._running = batch
+                self.metrics.set("remask_queue_depth", len(self._pending))
+            try:
+                if first.kind == "op":
+                    self._run_op(first)
+                else:
+                    self._run_batch(batch)
+            except BaseException as e:  # noqa: BLE001 - the worker must survive any request
+                for j in batch:
+                    j.resolve(error=e)
+            finally:
+                with self._cv:
+                    self._running = []
+                    for j in batch:
+                        if j.slot is not None and self._by_slot.get(j.slot) is j:
+                            del self._by_slot[j.slot]
+
+    @staticmethod
+    def _key(c: Completion) -> tuple:
+        return (max(c.max_new, 1), c.temperature, c.seed, c.max_new == 0)
+
+    def _run_op(self, job: Job) -> None:
+        from assistant.api import Cancelled
+
+        fn = job.payload
+        if job.cancelled.is_set():
+            job.resolve(error=JobCancelled(job.reason))
+            return
+        try:
+            job.resolve(fn(self.engine, job.cancelled.is_set, job.progress))
+        except Cancelled:
+            job.resolve(error=JobCancelled(job.reason or "cancelled"))
+
+    def cache_for(self, slot: str | None):
+        """The prompt cache of a client slot (most recently used slots are kept)."""
+        if slot is None:
+            return self.engine.prompt_cache
+        from model.cache import PromptCache
+
+        c = self._caches.pop(slot, None) or PromptCache()
+        self._caches[slot] = c
+        while len(self._caches) > self._max_slots:
+            self._caches.popitem(last=False)
+        return c
+
+    def prompt_ids(self, c: Completion) -> tuple[list[int], bool]:
+        """Our layout: ``[bos] context <fim_suffix> S <fim_prefix> P <fim_middle>``; the context chunks go
+        first so that a client's warm-up request (context only) leaves keys its next requests reuse."""
+        eng = self.engine
+        if c.ids is not None:
+            return list(c.ids), False
+        s = replace(eng.settings, max_new_tokens=max(c.max_new, 1))
+        extra_ids = eng.tok.encode(render_extra(c.extra)) if c.extra else []
+        room = eng.cfg.max_position_embeddings - s.max_new_tokens - 2 * eng.cfg.block_size - 8 - s.context_tokens
+        keep = max(0, min(len(extra_ids), room, 1024))
+        extra_ids = extra_ids[len(extra_ids) - keep:]
+        p = eng._fim_prompt(c.prefix, c.suffix, s, reserve=len(extra_ids))
+        head = 1 if eng.bos is not None else 0
+        return p.ids[:head] + extra_ids + p.ids[head:], p.trimmed or keep < len(extra_ids)
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        from assistant.api import EngineError
+        from model.decoder import DecodeCancelled, generate
+
+        eng = self.engine
+        live = []
+        for j in batch:
+            if j.cancelled.is_set():
+                j.resolve(error=JobCancelled(j.reason))
+            else:
+                live.append(j)
+        if not live:
+            return
+        rows: list[Completion] = [j.payload for j in live]  # type: ignore[misc]
+        prompts = []
+        for j, c in zip(live, rows, strict=True):
+            try:
+                prompts.append(self.prompt_ids(c))
+            except EngineError as e:
+                j.resolve(error=e)
+        ok = [k for k, j in enumerate(live) if not j.future.done()]
+        live, rows, prompts = [live[k] for k in ok], [rows[k] for k in ok], [prompts[k] for k in ok]
+        if not live:
+            return
+        c0 = rows[0]
+        s = replace(eng.settings, max_new_tokens=max(c0.max_new, 1), temperature=c0.temperature, seed=c0.seed)
+        dc = eng._decode_config(s)
+        stops = {c.stop for c in rows}
+        if len(stops) == 1:
+            dc = replace(dc, stop_strings=next(iter(stops)))
+        cache = self.cache_for(live[0].slot) if len(live) == 1 else None
+        n = len(live)
+        t0 = time.perf_counter()
+        first_step = [None]
+        sent = [""] * n
+        answered = [False] * n
+        eos, mask = eng.eos, eng.mask
+        warm = c0.max_new == 0
+
+        def row_tokens(seq: list[int], limit: int) -> list[int]:
+            seq = seq[:limit]
+            if mask in seq:
+                seq = seq[: seq.index(mask)]
+            if eos in seq:
+                seq = seq[: seq.index(eos)]
+            return seq
+
+        def finish_text(k: int, toks: list[int]) -> tuple[str, str | None]:
+            text, word = cut_stop(eng.tok.decode(toks), rows[k].stop)
+            return cut_indent(text, rows[k].n_indent), word
+
+        def answer(k: int, toks: list[int], finish: str, nfe: int, reused: int) -> None:
+            if answered[k]:
+                return
+            answered[k] = True
+            now = time.perf_counter()
+            pm = ((first_step[0] or now) - t0) * 1000
+            text, word = ("", None) if warm else finish_text(k, toks)
+            if word is not None:
+                finish = "stop"
+            res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks),
+                                   prompt_tokens=len(prompts[k][0]), tokens_cached=reused,
+                                   truncated=prompts[k][1], finish=finish, stopping_word=word, prompt_ms=pm,
+                                   predicted_ms=(now - t0) * 1000 - pm, batch_size=n, nfe=nfe)
+            self.metrics.observe_completion(res)
+            live[k].resolve(res)
+
+        def on_step(ev) -> None:
+            if first_step[0] is None:
+                first_step[0] = time.perf_counter()
+            now = time.perf_counter()
+            for k in range(n):
+                if answered[k] or live[k].future.done():
+                    answered[k] = True
+                    continue
+                c = rows[k]
+                limit = max(c.max_new, 1)
+                if ev.done[k]:
+                    toks = row_tokens(ev.rows[k], limit)
+                    fin = "eos" if eos in ev.rows[k][:limit] and len(toks) < limit else "length"
+                    answer(k, toks, fin, ev.nfe, 0 if cache is None else reused_box[0])
+                    continue
+                if warm:
+                    continue
+                need_text = live[k].progress is not None or c.t_max_predict_ms is not None
+                if not need_text:
+                    continue
+                toks = row_tokens(ev.rows[k], limit)
+                text, _ = finish_text(k, toks)
+                if c.t_max_predict_ms is not None and (now - t0) * 1000 > c.t_max_predict_ms and "\n" in text:
+                    answer(k, toks, "time", ev.nfe, reused_box[0])
+                    continue
+                if live[k].progress is not None:
+                    safe = text.rstrip("\ufffd")
+                    if len(safe) > len(sent[k]) and safe.startswith(sent[k]):
+                        live[k].progress(safe[len(sent[k]):])
+                        sent[k] = safe
+
+        reused_box = [0]
+
+        def check() -> bool:
+            for k in range(n):
+                if not answered[k] and live[k].cancelled.is_set():
+                    answered[k] = True
+                    live[k].resolve(error=JobCancelled(live[k].reason))
+            return all(answered[k] or live[k].future.done() for k in range(n))
+
+        try:
+            with eng._lock:
+                if cache is not None:  # what generate will reuse, for rows answered from the step callback
+                    B = dc.block_size or eng.cfg.block_size
+                    ids = prompts[0][0]
+                    reused_box[0] = cache.reusable(eng.model, ids[: len(ids) // B * B], B)
+                res = generate(eng.model, [p[0] for p in prompts], dc, tokenizer=eng.tok, callback=on_step,
+                               cancel=check, prompt_cache=cache)
+        except DecodeCancelled:
+            check()
+            return
+        except ValueError as e:
+            for k in range(n):
+                live[k].resolve(error=EngineError(str(e)))
+            return
+        reused = res.extra.get("prompt_tokens_reused", 0)
+        self.metrics.observe_batch(n, res.nfe, res.generated)
+        for k in range(n):
+            if not answered[k]:
+                answer(k, res.tokens[k], res.finish[k], res.nfe, reused)
