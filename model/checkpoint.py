@@ -157,9 +157,13 @@ def read_config(folder: str | Path) -> ModelConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json: not a model checkpoint")
+    from .families import FamilyError, read_folder_config
+
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        return ModelConfig.from_json_dict(d)
+        json.loads(path.read_text(encoding="utf-8"))
+        return read_folder_config(folder)[0]  # the family that claims it maps it to our config
+    except FamilyError as e:
+        raise CheckpointError(f"{path}: {e}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     except (KeyError, ValueError, TypeError) as e:
@@ -211,6 +215,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
                 upd[key] = tok.ids[role]
         if upd:
             cfg = cfg.replace(**upd)
+        if cfg.family not in ("remask", "stable-diffcoder", "seed-coder"):
+            _align_tokenizer(tok, cfg)
     files = _weight_files(folder)
     sd: dict[str, torch.Tensor] = {}
     for f in files:
@@ -241,13 +247,25 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
     if cfg.tie_word_embeddings:
         model.tie_weights()
     # Rotary buffers were created on the meta device; rebuild them.
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from .network import body_classes
 
     with torch.device(device):
-        model.model.rotary_emb = LlamaRotaryEmbedding(config=model.config)
+        model.model.rotary_emb = body_classes(cfg.body)[1](config=model.config)
     model.remask_config = cfg  # type: ignore[attr-defined]
     model.eval()
     return model, tok
+
+
+def _align_tokenizer(tok: Tokenizer, cfg: ModelConfig) -> None:
+    """Qwen-vocabulary families (Dream, DreamOn, SDAR): the config's special ids are the authority (the
+    tokenizer's own guesses would take <|endoftext|> for bos, and miss SDAR's <|MASK|>)."""
+    for role, i in (("mask", cfg.mask_token_id), ("bos", cfg.bos_token_id), ("eos", cfg.eos_token_id),
+                    ("pad", cfg.pad_token_id), ("fim_prefix", cfg.fim_prefix_id), ("fim_suffix", cfg.fim_suffix_id),
+                    ("fim_middle", cfg.fim_middle_id), ("expand", cfg.extra.get("expand_token_id")),
+                    ("dlm_pad", cfg.extra.get("dlm_pad_id"))):
+        if i is not None:
+            tok.ids[role] = int(i)
+    tok.special_ids = {i for i in tok.ids.values() if i is not None}
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -49,6 +49,11 @@ class ModelConfig:
     fim_middle_id: int | None = None
     logit_shift: bool = False
     kind: str = "bd"  # "bd" (block diffusion), "ar" (autoregressive), "bd-instruct"
+    # Which model family (model/families) decodes it, and which transformers class is its body. Our own and
+    # Stable-DiffCoder / Seed-Coder folders are Llama bodies; Dream-family and SDAR folders are Qwen2 / Qwen3.
+    family: str = "remask"
+    body: str = "llama"  # "llama" | "qwen2" | "qwen3"
+    attention_bias: bool = False  # Qwen3's q/k/v/o bias switch (Qwen2 always has q/k/v biases)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +74,8 @@ class ModelConfig:
 
     def to_hf(self) -> LlamaConfig:
         """The transformers config, with our diffusion fields stored as extra attributes."""
+        if self.body != "llama":
+            return self._to_hf_qwen()
         hf = LlamaConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -97,6 +104,34 @@ class ModelConfig:
         hf.logit_shift = self.logit_shift
         hf.remask_kind = self.kind
         hf.architectures = ["LlamaForCausalLM"] if self.kind == "ar" else ["BlockDiffusionLM"]
+        return hf
+
+    def _to_hf_qwen(self):
+        """A Qwen2 / Qwen3 config (Dream family, SDAR): same fields, the body's own class."""
+        from transformers import Qwen2Config, Qwen3Config
+
+        common = dict(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads, max_position_embeddings=self.max_position_embeddings,
+            rope_theta=self.rope_theta, rms_norm_eps=self.rms_norm_eps, tie_word_embeddings=self.tie_word_embeddings,
+            initializer_range=self.initializer_range, bos_token_id=self.bos_token_id, pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id, hidden_act="silu", use_sliding_window=False, sliding_window=None,
+            attention_dropout=0.0)
+        if self.body == "qwen2":
+            hf = Qwen2Config(**common)
+            hf.architectures = ["Qwen2ForCausalLM"]
+        elif self.body == "qwen3":
+            hf = Qwen3Config(head_dim=self.head_dim or self.hidden_size // self.num_attention_heads,
+                             attention_bias=self.attention_bias, **common)
+            hf.architectures = ["Qwen3ForCausalLM"]
+        else:
+            raise ValueError(f"unknown body {self.body!r}: llama, qwen2 or qwen3")
+        hf.block_size = self.block_size
+        hf.mask_token_id = self.mask_token_id
+        hf.logit_shift = self.logit_shift
+        hf.remask_kind = self.kind
+        hf.remask_family = self.family
         return hf
 
     def to_json_dict(self) -> dict[str, Any]:

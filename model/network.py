@@ -17,15 +17,33 @@ from .config import ModelConfig
 BACKENDS = ("sdpa", "flex_attention", "eager", "flash_attention_2")
 
 
+def body_classes(body: str) -> tuple[type, type]:
+    """(CausalLM class, rotary-embedding class) of a body: transformers' own Llama, Qwen2 or Qwen3."""
+    if body == "llama":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        return LlamaForCausalLM, LlamaRotaryEmbedding
+    if body == "qwen2":
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2RotaryEmbedding
+
+        return Qwen2ForCausalLM, Qwen2RotaryEmbedding
+    if body == "qwen3":
+        from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM, Qwen3RotaryEmbedding
+
+        return Qwen3ForCausalLM, Qwen3RotaryEmbedding
+    raise ValueError(f"unknown body {body!r}: llama, qwen2 or qwen3")
+
+
 def build_model(config: ModelConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 seed: int | None = 0, attn: str = "sdpa") -> LlamaForCausalLM:
-    """A randomly initialised model of the given shape."""
+    """A randomly initialised model of the given shape (its body's transformers class)."""
     hf = config.to_hf()
     hf._attn_implementation = attn
     if seed is not None:
         torch.manual_seed(seed)
+    cls, _ = body_classes(config.body)
     with torch.device(device):
-        model = LlamaForCausalLM(hf)
+        model = cls(hf)
     model.to(dtype=dtype)
     model.remask_config = config  # type: ignore[attr-defined]
     model.eval()
