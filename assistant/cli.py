@@ -68,6 +68,9 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None,
                        help="colour the diff even when not writing to a terminal")
     color.add_argument("--no-color", dest="color", action="store_const", const=False)
+    p.add_argument("--server", metavar="URL", default=None,
+                   help="run on a `remask serve` process instead of loading the model here (or set REMASK_SERVER; "
+                        "REMASK_API_KEY for its key)")
     add_model_arguments(p)
     add_decode_arguments(p)
 
@@ -224,6 +227,16 @@ def _parse_range(spec: str) -> tuple[int, int]:
 
 
 def _load_engine(args: argparse.Namespace):
+    from .remote import server_from_env
+
+    url = server_from_env(getattr(args, "server", None))
+    if url is not None:  # the model lives in a `remask serve` process: same operations, same results
+        from .remote import RemoteEngine
+
+        try:
+            return RemoteEngine(url, settings=_settings(args))
+        except EngineError as e:
+            raise CliError(str(e)) from e
     import torch
 
     from .engine import Engine

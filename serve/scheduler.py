@@ -180,6 +180,9 @@ class Scheduler:
             self._cancel_locked(job, reason)
 
     def _cancel_locked(self, job: Job, reason: str) -> None:
+        if not job.future.done() and not job.cancelled.is_set():
+            cause = next((c for c in ("disconnect", "superseded", "shutting") if c in reason), "other")
+            self.metrics.inc("remask_cancelled_total", {"reason": cause})
         job.cancel(reason)
         if job in self._pending:  # not started: answer now; a running one stops between steps
             self._pending.remove(job)
@@ -326,13 +329,15 @@ class Scheduler:
             text, word = cut_stop(eng.tok.decode(toks), rows[k].stop)
             return cut_indent(text, rows[k].n_indent), word
 
-        def answer(k: int, toks: list[int], finish: str, nfe: int, reused: int) -> None:
+        def answer(k: int, toks: list[int], finish: str, nfe: int, reused: int, cut_line: bool = False) -> None:
             if answered[k]:
                 return
             answered[k] = True
             now = time.perf_counter()
             pm = ((first_step[0] or now) - t0) * 1000
             text, word = ("", None) if warm else finish_text(k, toks)
+            if cut_line and "\n" in text.rstrip("\n"):
+                text = text[: text.rstrip("\n").rfind("\n") + 1]
             if word is not None:
                 finish = "stop"
             res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks),
@@ -364,8 +369,9 @@ class Scheduler:
                     continue
                 toks = row_tokens(ev.rows[k], limit)
                 text, _ = finish_text(k, toks)
-                if c.t_max_predict_ms is not None and (now - t0) * 1000 > c.t_max_predict_ms and "\n" in text:
-                    answer(k, toks, "time", ev.nfe, reused_box[0])
+                if c.t_max_predict_ms is not None and (now - t0) * 1000 > c.t_max_predict_ms:
+                    # A time cap: answer with the lines written so far (the whole text while there is no line)
+                    answer(k, toks, "time", ev.nfe, reused_box[0], cut_line=True)
                     continue
                 if live[k].progress is not None:
                     safe = text.rstrip("\ufffd")
