@@ -9,7 +9,8 @@ accepted change is applied with one ``replace`` so that one undo takes it back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,19 @@ def apply_edits(text: str, edits: list[TextEdit]) -> str:
     return out
 
 
+def is_empty_answer(op: str, base: str, candidate: Candidate) -> bool:
+    """Whether ``candidate`` is the model answering nothing (EOS at once, or only whitespace): no suggestion.
+
+    The engine marks such candidates (``Candidate.empty``); for an engine that does not, a fill or regenerate
+    whose every edit writes only whitespace where there was code counts too: accepting it would delete code."""
+    if getattr(candidate, "empty", False):
+        return True
+    if op not in ("fill", "fill_all", "regenerate") or not candidate.edits:
+        return False
+    return all(not e.new_text.strip() for e in candidate.edits) and \
+        any(base[e.start:e.end].strip() for e in candidate.edits)
+
+
 def union_change(base: str, edits: list[TextEdit]) -> tuple[int, int, str]:
     """One (start, end, replacement) covering all ``edits``, so the change is one TextArea edit (one undo step)."""
     new = apply_edits(base, edits)
@@ -72,12 +86,40 @@ def union_change(base: str, edits: list[TextEdit]) -> tuple[int, int, str]:
     return lo, hi, new[lo:len(new) - (len(base) - hi)]
 
 
-def compose_preview(base: str, spans: list[tuple[int, int]], pieces: list[list[tuple[str, bool]]]
-                    ) -> tuple[str, list[tuple[int, int, str]]]:
+def special_token_strings(engine: Any) -> frozenset[str]:
+    """Every special token's text for ``engine``'s tokenizer (EOS, PAD, the mask, FIM and chat markers).
+
+    The decoder streams raw pieces; these must never reach the screen. The known names of every supported
+    tokenizer family are included even when the engine exposes no tokenizer (a scripted or remote engine)."""
+    from model.tokenizer import SPECIAL_NAMES
+
+    out = {name for names in SPECIAL_NAMES.values() for name in names}
+    wrapper = getattr(engine, "tok", None)
+    hf = getattr(wrapper, "tok", None)
+    if hf is not None:
+        try:
+            out.update(t.content for t in hf.get_added_tokens_decoder().values() if t.special)
+            out.update(s for i in getattr(wrapper, "special_ids", ()) if (s := hf.id_to_token(int(i))))
+        except Exception:  # noqa: BLE001 - a tokenizer without these methods: the known names still apply
+            pass
+    return frozenset(s for s in out if s)
+
+
+def special_token_pattern(specials: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``specials`` (longest first, so no special token is cut in two)."""
+    names = sorted({s for s in specials if s}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names))) if names else None
+
+
+def compose_preview(base: str, spans: list[tuple[int, int]], pieces: list[list[tuple[str, bool]]],
+                    specials: re.Pattern[str] | None = None) -> tuple[str, list[tuple[int, int, str]]]:
     """The buffer with each span replaced by its decoding state, and (start, end, mark) offsets in the result.
 
-    Masked tokens become ``PLACEHOLDER`` so the reader sees how many are left and where they sit.
+    Masked tokens become ``PLACEHOLDER`` so the reader sees how many are left and where they sit; committed
+    special tokens (``specials``: EOS, padding, ...) are left out, as the final text leaves them out.
     """
+    if specials is not None:
+        pieces = [[(t if m else specials.sub("", t), m) for t, m in piece] for piece in pieces]
     parts: list[str] = []
     marks: list[tuple[int, int, str]] = []
     pos, out_len = 0, 0
@@ -183,15 +225,18 @@ class RemaskApp(App[None]):
     def __init__(self, path: str | Path | None = None, *, engine: Any = None,
                  engine_factory: Callable[[], Any] | None = None, model: str | None = None,
                  device: str = "cpu", dtype: str | None = None, settings: Settings | None = None,
-                 show_timings: bool = True, text: str | None = None) -> None:
+                 show_timings: bool = True, text: str | None = None, adapter: str | None = None,
+                 merge_adapter: bool = True) -> None:
         """``engine``: an already-built engine; else ``engine_factory()`` (default ``Engine.load(model, device)``)
-        runs in a worker at start. ``show_timings=False`` keeps elapsed times out of the screen (snapshots)."""
+        runs in a worker at start. ``show_timings=False`` keeps elapsed times out of the screen (snapshots).
+        ``adapter``: a LoRA folder for ``model`` (dropped when the settings switch to another model)."""
         super().__init__()
         self.path: Path | None = Path(path) if path else None
         self.engine = engine
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.adapter, self.merge_adapter = adapter, merge_adapter
         self._engine_factory = engine_factory
         self.settings = settings or Settings()
         self.show_timings = show_timings
@@ -208,6 +253,9 @@ class RemaskApp(App[None]):
         self.load_error: str | None = None
         self.last_status = ""
         self.last_summary = ""
+        self.last_message: str | None = None  # the engine's one-line word on the last result, if it had one
+        self.accepted: tuple[str, str, str] | None = None  # (label, text before, text after) of the last accept
+        self._specials = special_token_pattern(special_token_strings(engine)) if engine is not None else None
 
     # ------------------------------------------------------------------ layout
 
@@ -271,6 +319,7 @@ class RemaskApp(App[None]):
         self.editor.clear_marks()
         self._clear_flagged()
         self.regen = None
+        self.accepted = None
         self._update_file_status()
 
     # ------------------------------------------------------------------ status bar
@@ -316,6 +365,7 @@ class RemaskApp(App[None]):
     @on(TextArea.Changed, "#editor")
     def _text_changed(self, event: TextArea.Changed) -> None:
         self._update_file_status()
+        self._track_accepted()
         p = self.proposal
         if p is not None and p.mode == "ghost" and not self.editor.suggestion:
             self._drop_proposal()
@@ -331,7 +381,8 @@ class RemaskApp(App[None]):
         from assistant.engine import Engine
 
         dtype = getattr(torch, self.dtype) if self.dtype else None
-        return Engine.load(self.model, device=self.device, settings=self.settings, dtype=dtype)
+        return Engine.load(self.model, device=self.device, settings=self.settings, dtype=dtype,
+                           adapter=self.adapter, merge_adapter=self.merge_adapter)
 
     def _start_loading(self) -> None:
         self.model_loading = True
@@ -354,6 +405,7 @@ class RemaskApp(App[None]):
         if generation is not None and generation != self._load_generation:
             return  # a newer model was asked for meanwhile
         self.engine = engine
+        self._specials = special_token_pattern(special_token_strings(engine))
         self.model_loading = False
         info = getattr(engine, "info", {}) or {}
         if "RANDOM" in str(info.get("description", "")):
@@ -484,11 +536,15 @@ class RemaskApp(App[None]):
                                                                  settings=settings, callback=cb, cancel=tok))
 
     def _target_range(self) -> tuple[int, int, str]:
-        """The selection, else the largest span at the cursor (the function), else the whole buffer."""
+        """The selection, else the largest span around the cursor (up to its function), else the whole buffer.
+
+        The label names what is really taken, with its lines (the help's ctrl+t / ctrl+l say the same)."""
         text = self.editor.text
         start, end = self.selection_offsets()
         if end > start:
-            return start, end, "the selection"
+            first = text.count("\n", 0, start) + 1
+            last = text.count("\n", 0, max(start, end - 1)) + 1
+            return start, end, f"the selection ({f'line {first}' if first == last else f'lines {first}-{last}'})"
         try:
             spans = self.engine.spans_at(text, start, None, language=self.engine_language())
         except EngineError:
@@ -533,7 +589,8 @@ class RemaskApp(App[None]):
                         lambda text, cb, tok: self.engine.instruct(text, start, end, instruction, language=lang,
                                                                    settings=settings, callback=cb, cancel=tok))
 
-        self.push_screen(PromptScreen(f"Instruction for {label}", placeholder="e.g. use a list comprehension"), go)
+        self.push_screen(PromptScreen(f"Rewrite {label} following an instruction",
+                                      placeholder="e.g. use a list comprehension"), go)
 
     # ------------------------------------------------------------------ running a model call
 
@@ -542,6 +599,7 @@ class RemaskApp(App[None]):
         base = self.editor.text
         running = Running(op, label, base, spans, CancelToken(), cursor)
         self.running = running
+        self.accepted = None
         # the buffer is frozen while the model works: a read-only copy shows the decoding instead
         self.editor.read_only = True
         top = self.editor.scroll_y
@@ -624,7 +682,7 @@ class RemaskApp(App[None]):
         pieces = step.pieces
         if len(spans) != len(pieces):  # candidates of one span: show the first
             spans, pieces = spans[:1], pieces[:1]
-        text, marks = compose_preview(running.base, spans, pieces)
+        text, marks = compose_preview(running.base, spans, pieces, self._specials)
         self._show_preview(running, text, marks, None)
         # tokens per step counted from the pieces (all rows of the batch decode in parallel); the worker
         # counts every step, the screen may skip some
@@ -674,27 +732,41 @@ class RemaskApp(App[None]):
             self.notify("the buffer changed while the model worked; result dropped", severity="warning")
             return
         stats = result.stats or {}
-        summary = [escape(running.label), "done"]
+        details = []
         if stats.get("tokens") is not None:
-            summary.append(f"{stats['tokens']} tok")
+            details.append(f"{stats['tokens']} tok")
         if stats.get("nfe") is not None:
-            summary.append(f"{stats['nfe']} forwards")
+            details.append(f"{stats['nfe']} forwards")
         if stats.get("tokens_per_forward") is not None:
-            summary.append(f"{float(stats['tokens_per_forward']):.1f} tok/forward")
+            details.append(f"{float(stats['tokens_per_forward']):.1f} tok/forward")
         if self.show_timings and stats.get("elapsed_s") is not None:
-            summary.append(f"{float(stats['elapsed_s']):.2f}s")
-        self.set_op_status(" · ".join(summary))
-        self.last_summary = " · ".join(summary[2:])
+            details.append(f"{float(stats['elapsed_s']):.2f}s")
+        self.last_summary = " · ".join(details)
+        message = getattr(result, "message", None) or None
+        self.last_message = message
         if running.op == "repair":
             self._show_flagged(running.base, list(result.flagged))
         candidates = [c for c in (result.candidates or []) if c.edits]
-        if not candidates and result.edits:
+        if not candidates and result.edits and not result.candidates:
             candidates = [Candidate(list(result.edits), result.new_text, result.diff, 0.0)]
-        candidates = [c for c in candidates if apply_edits(running.base, c.edits) != running.base]
+        candidates = [c for c in candidates if apply_edits(running.base, c.edits) != running.base
+                      and not is_empty_answer(running.op, running.base, c)]
         if not candidates:
-            what = "no improbable tokens" if running.op == "repair" and not result.flagged else "no change proposed"
-            self.notify(what, timeout=4)
+            # nothing to propose: say why, and say it in the status line too (never "done", never "accepted")
+            if running.op == "repair" and not result.flagged:
+                what = "no improbable tokens"
+            elif message:
+                what = message
+            elif running.op == "fill_all":
+                what = "nothing to change: the model left every hole as it was"
+            else:
+                what = "no suggestion: the model proposed no change; the text is unchanged"
+            self.set_op_status(" · ".join([escape(running.label), escape(what)] + details))
+            self.notify(what, timeout=6)
             return
+        self.set_op_status(" · ".join([escape(running.label), "done"] + details))
+        if message:
+            self.notify(message, severity="warning", timeout=8)
         self.proposal = Proposal(running.op, running.label, running.base, running.cursor, candidates, stats=stats)
         self._present()
 
@@ -782,8 +854,24 @@ class RemaskApp(App[None]):
             editor.move_cursor(result.end_location)
         self.regen = None
         self.refresh_bindings()
+        self.accepted = (p.label, p.base, editor.text) if editor.text != p.base else None
         self.set_op_status(f"{escape(p.label)} · accepted (ctrl+z undoes)")
         editor.focus()
+
+    def _track_accepted(self) -> None:
+        """Keep the status line true after an accept: ctrl+z takes the change back, ctrl+y puts it back."""
+        if self.accepted is None:
+            return
+        label, before, after = self.accepted
+        text = self.editor.text
+        if text == before:
+            self.set_op_status(f"{escape(label)} · undone (ctrl+y redoes)")
+        elif text == after:
+            self.set_op_status(f"{escape(label)} · accepted (ctrl+z undoes)")
+        else:  # edited by hand since: the status no longer describes the buffer
+            self.accepted = None
+            if "accepted" in self.last_status or "undone" in self.last_status:
+                self.set_op_status("")
 
     def action_reject(self) -> None:
         if self.running is not None:
@@ -941,6 +1029,8 @@ class RemaskApp(App[None]):
             if self.engine is not None and hasattr(self.engine, "settings"):
                 self.engine.settings = result.settings
             if result.model != self.model or (self.engine is None and not self.model_loading):
+                if result.model != self.model:
+                    self.adapter = None  # made for the previous model: it would be refused
                 self.model = result.model
                 self._engine_factory = None
                 self.engine = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from rich.table import Table
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
@@ -16,15 +17,18 @@ from assistant.api import Settings
 HELP_KEYS: list[tuple[str, str]] = [
     ("ctrl+f", "fill the hole at the cursor (<FILL>, pass / ... / TODO body, or insert at the cursor)"),
     ("ctrl+r", "regenerate the span at the cursor; press again for a larger span (statement, block, function)"),
-    ("ctrl+t", "repair: flag improbable tokens in the selection / function and propose a fix"),
+    ("ctrl+t", "repair: flag improbable tokens in the selection, else in the largest span around the cursor "
+               "(up to its function), and propose a fix"),
     ("ctrl+g", "fill all holes in the file"),
-    ("ctrl+l", "edit the selection / function with an instruction (instruction-tuned models)"),
+    ("ctrl+l", "rewrite the selection, else the largest span around the cursor (up to its function), following "
+               "an instruction; the prompt names the span and its lines (instruction-tuned models)"),
     ("tab", "accept the proposal (one undo step)"),
     ("escape", "reject the proposal, or cancel the running model call"),
     ("ctrl+n / ctrl+b", "next / previous candidate"),
     ("ctrl+w", "diff view: switch unified / side by side"),
     ("right", "accept ghost text (single-line fill)"),
     ("ctrl+z / ctrl+y", "undo / redo"),
+    ("enter", "new line, indented like this one (one level more after a line ending in : in Python, or { [ ()"),
     ("ctrl+s", "save (atomic)"),
     ("ctrl+o", "open a file"),
     ("f2", "settings: model folder, threshold, block size, steps, temperature"),
@@ -156,25 +160,33 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
         s = self.settings
         with Vertical(id="settings-box", classes="dialog"):
             yield Label("[b]Settings[/b]")
-            with Grid(id="settings-grid"):
-                yield Label("model folder")
-                yield Input(self.model or "", placeholder="default (or random:test, a folder)", id="set-model",
-                            compact=True)
-                yield Label("threshold")
-                yield Input("" if s.threshold is None else str(s.threshold), placeholder="0 < tau <= 1",
-                            id="set-threshold", compact=True)
-                yield Label("block size")
-                yield Input("" if s.block_size is None else str(s.block_size), placeholder="the model's",
-                            id="set-block", compact=True)
-                yield Label("steps / block")
-                yield Input("" if s.steps is None else str(s.steps), placeholder="(threshold decides)",
-                            id="set-steps", compact=True)
-                yield Label("temperature")
-                yield Input(str(s.temperature), id="set-temperature", compact=True)
+            with Vertical(id="settings-grid"):
+                for label, field in (
+                    ("model folder", Input(self.model or "", placeholder="default (or random:test, a folder)",
+                                           id="set-model", compact=True)),
+                    ("threshold", Input("" if s.threshold is None else str(s.threshold), placeholder="0 < tau <= 1",
+                                        id="set-threshold", compact=True)),
+                    ("block size", Input("" if s.block_size is None else str(s.block_size),
+                                         placeholder="the model's", id="set-block", compact=True)),
+                    ("steps / block", Input("" if s.steps is None else str(s.steps), placeholder="(threshold decides)",
+                                            id="set-steps", compact=True)),
+                    ("temperature", Input(str(s.temperature), id="set-temperature", compact=True)),
+                ):
+                    # one row per field: the row of the focused field is marked (:focus-within in remask.tcss)
+                    with Horizontal(classes="setting-row"):
+                        yield Label(f"  {label}", classes="setting-label", name=label)
+                        yield field
             yield Static("", id="settings-error")
             with Horizontal(id="settings-buttons"):
                 yield Button("Apply", id="apply", variant="primary", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Put a marker before the focused field's label (colour alone is easy to miss in some terminals)."""
+        for row in self.query(".setting-row"):
+            label = row.query_one(".setting-label", Label)
+            mark = "▸ " if event.widget in row.children else "  "
+            label.update(mark + (label.name or ""))
 
     def _value(self, wid: str) -> str:
         return self.query_one(f"#{wid}", Input).value

@@ -46,6 +46,50 @@ class CodeEditor(TextArea):
         self._marks: list[Mark] = []
         self.tab_accepts = False  # set while ghost text is pending: tab then accepts instead of indenting
 
+    # Closing brackets for the brackets after which enter indents one level more.
+    OPENERS = {"{": "}", "[": "]", "(": ")"}
+
+    def newline_for_enter(self) -> tuple[str, int]:
+        """The text enter inserts at the cursor, and how far the cursor goes back from its end.
+
+        TextArea inserts a bare "\n"; a code editor keeps the line's indentation, adds one level after a line
+        ending in ``:`` (Python) or an opening bracket, and between a bracket pair (``{|}``) puts the closing
+        one on its own line at the old indentation."""
+        (row, col), end = self.selection.start, self.selection.end
+        if end < (row, col):
+            (row, col), end = end, (row, col)
+        line = self.document[row]
+        before = line[:col]
+        indent = before[:len(before) - len(before.lstrip(" \t"))]
+        after = self.document[end[0]][end[1]:]
+        code = before.rstrip()
+        if self.language == "python" and "#" in code and "'" not in code and '"' not in code:
+            code = code.split("#", 1)[0].rstrip()  # "if x:  # why" still opens a block
+        opener = code[-1:] if code else ""
+        opens = opener in self.OPENERS or (opener == ":" and self.language == "python")
+        if not opens:
+            return "\n" + indent, 0
+        unit = "\t" if indent.startswith("\t") or self.indent_type == "tabs" else " " * self.indent_width
+        closing = self.OPENERS.get(opener)
+        if closing and after.lstrip(" \t").startswith(closing):
+            tail = "\n" + indent
+            return "\n" + indent + unit + tail, len(tail)
+        return "\n" + indent + unit, 0
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter" and not self.read_only:
+            event.stop()
+            event.prevent_default()
+            self._restart_blink()
+            text, back = self.newline_for_enter()
+            start, end = self.selection
+            result = self._replace_via_keyboard(text, start, end)
+            if back and result is not None:
+                row, col = result.end_location
+                self.move_cursor((row - 1, len(self.document[row - 1])))
+            return
+        await super()._on_key(event)
+
     def check_consume_key(self, key: str, character: str | None = None) -> bool:
         if key == "tab" and self.tab_accepts:
             return False  # let the app's accept binding see it
