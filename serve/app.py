@@ -87,11 +87,10 @@ async def read_json(request: Request, limit: int) -> dict:
     """The request body as a JSON object; 413 past ``limit`` bytes, 400 for anything that is not an object."""
     cl = request.headers.get("content-length")
     if cl is not None:
-        try:
-            if int(cl) > limit:
-                raise BadRequest(f"the body is {int(cl)} bytes; the limit is {limit}", 413)
-        except ValueError as e:
-            raise BadRequest("invalid Content-Length header") from e
+        if not cl.strip().isdigit():
+            raise BadRequest("invalid Content-Length header")
+        if int(cl) > limit:
+            raise BadRequest(f"the body is {int(cl)} bytes; the limit is {limit}", 413)
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
