@@ -67,9 +67,9 @@ def config_from_args(args: argparse.Namespace):
                        grace_s=args.grace, settings=s)
 
 
-def serve(cfg, ready: threading.Event | None = None) -> int:
-    """Run until SIGINT/SIGTERM: requests in flight get ``cfg.grace_s`` to finish, then are cancelled
-    (each still answered, 503)."""
+def build_server(cfg):
+    """A uvicorn server over the app whose SIGINT/SIGTERM handling drains the queue: requests in flight get
+    ``cfg.grace_s`` seconds to finish, then are cancelled (each still answered, 503)."""
     import uvicorn
 
     from .app import create_app
@@ -88,15 +88,18 @@ def serve(cfg, ready: threading.Event | None = None) -> int:
 
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=max(int(cfg.grace_s), 1), lifespan="on")
-    server = _Server(config)
+    return _Server(config), srv
+
+
+def serve(cfg) -> int:
+    """Run until SIGINT/SIGTERM (see ``build_server``); a model that cannot load ends it with status 2."""
+    server, srv = build_server(cfg)
 
     def watch() -> None:  # a model that cannot load is an error at start, not a server that answers 503 forever
         srv.scheduler.wait_ready()
         if srv.scheduler.state == "failed":
             print(f"error: cannot load the model: {srv.scheduler.detail}", file=sys.stderr, flush=True)
             server.should_exit = True
-        elif ready is not None:
-            ready.set()
 
     threading.Thread(target=watch, daemon=True).start()
     print(f"remask serve: http://{cfg.host}:{cfg.port} (loading the model; GET /health says when it is ready)",

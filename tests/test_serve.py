@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -599,28 +598,23 @@ def test_api_key_and_loopback(test_model_dir):
 
 
 def test_sigterm_answers_requests_in_flight(test_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--model", str(test_model_dir), "--port",
-                          str(port), "--grace", "20"], env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: _health(url) == 200, 90)
-        out = {}
-        t = threading.Thread(target=lambda: out.setdefault("r", post(url + "/infill", {"input_prefix": "x = ",
-                                                                                         "n_predict": 200})))
-        t.start()
-        time.sleep(0.3)
-        p.send_signal(signal.SIGTERM)
-        t.join(60)
-        assert out["r"][0] == 200 and json.loads(out["r"][2])["tokens_predicted"] > 0  # finished, then answered
-        assert p.wait(30) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    from serve.cli import build_server
+
+    server, state = build_server(ServeConfig(model=str(test_model_dir), port=0, grace_s=20))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    _wait(lambda: server.started and state.scheduler.state == "ready", 60)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    out = {}
+    c = threading.Thread(target=lambda: out.setdefault("r", post(url + "/infill", {"input_prefix": "x = ",
+                                                                                     "n_predict": 200})))
+    c.start()
+    _wait(lambda: state.scheduler._running)
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on SIGTERM
+    c.join(60)
+    t.join(30)
+    assert out["r"][0] == 200 and json.loads(out["r"][2])["tokens_predicted"] > 0  # finished, then answered
+    assert not t.is_alive()  # and the server stopped
 
 
 def _health(url: str) -> int:
