@@ -36,6 +36,7 @@ class Features:
 class ServerConfig:
     model: str | None = None  # folder, "default", or "random:PRESET"
     device: str = "cpu"
+    adapter: str | None = None  # a LoRA folder (remask train adapt) for ``model``, merged at load
     block_size: int | None = None  # None: the model's
     threshold: float | None = 0.9  # None with steps: a fixed schedule
     steps: int | None = None
@@ -139,6 +140,14 @@ def _model(key: str, v: Any) -> str | None:
     return v.strip()
 
 
+def _adapter(key: str, v: Any) -> str | None:
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{key} must be an adapter folder (made by `remask train adapt`) or null, got {v!r}")
+    return v.strip()
+
+
 def _device(key: str, v: Any) -> str:
     if not isinstance(v, str) or not _DEVICE.match(v):
         raise ConfigError(f"{key} must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
@@ -148,6 +157,7 @@ def _device(key: str, v: Any) -> str:
 _VALIDATORS = {
     "model": _model,
     "device": _device,
+    "adapter": _adapter,
     "block_size": _int(1, 1024, nullable=True),
     "threshold": _float(0.0, 1.0, nullable=True, lo_open=True),
     "steps": _int(1, 1024, nullable=True),

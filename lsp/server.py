@@ -160,7 +160,7 @@ class RemaskServer(LanguageServer):
         self.engine: Any = None
         self.state = "idle"  # idle | loading | ready | failed
         self.state_detail = ""
-        self._loaded_key: tuple[str | None, str] | None = None
+        self._loaded_key: tuple[str | None, str, str | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initialized = False  # requests before `initialize` are refused (guarded)
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="remask-model")
@@ -272,7 +272,7 @@ class RemaskServer(LanguageServer):
 
     # -- model ------------------------------------------------------------------------------------------------------
     def start_loading(self) -> None:
-        key = (self.config.model, self.config.device)
+        key = (self.config.model, self.config.device, self.config.adapter)
         if key == self._loaded_key and self.state in ("loading", "ready"):
             return
         self._loaded_key = key
@@ -281,8 +281,8 @@ class RemaskServer(LanguageServer):
         self._notice_shown = False
         self._load_task = asyncio.ensure_future(self._load(key))
 
-    async def _load(self, key: tuple[str | None, str]) -> None:
-        model, device = key
+    async def _load(self, key: tuple[str | None, str, str | None]) -> None:
+        model, device, adapter = key
         progress = Progress(self, "remask: loading model", None, CancelToken(), cancellable=False)
         await progress.begin()
         t0 = time.monotonic()
@@ -291,7 +291,7 @@ class RemaskServer(LanguageServer):
                 await asyncio.sleep(self.load_delay)
             settings = self.config.settings()
             engine = await asyncio.get_running_loop().run_in_executor(
-                self._model_pool, _load_engine, model, device, settings)
+                self._model_pool, _load_engine, model, device, settings, adapter)
         except asyncio.CancelledError:
             progress.end("cancelled")
             raise
@@ -512,10 +512,10 @@ class RemaskServer(LanguageServer):
 # engine loading (runs on the model thread)
 
 
-def _load_engine(model: str | None, device: str, settings: Any) -> Any:
+def _load_engine(model: str | None, device: str, settings: Any, adapter: str | None = None) -> Any:
     from assistant.engine import Engine
 
-    if model and model.startswith("random:"):
+    if model and model.startswith("random:") and not adapter:
         # an untrained preset has no tokenizer; train a small one on the stdlib so the server can run at all
         from model.checkpoint import resolve_model
         from model.network import remask_config
@@ -523,7 +523,7 @@ def _load_engine(model: str | None, device: str, settings: Any) -> Any:
 
         m, _tok, desc = resolve_model(model, device=device)
         return Engine(m, make_test_tokenizer(remask_config(m).vocab_size), settings, desc)
-    return Engine.load(model, device=device, settings=settings)
+    return Engine.load(model, device=device, settings=settings, adapter=adapter)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -780,7 +780,7 @@ def _apply_settings(ls: RemaskServer, raw: Any) -> None:
         return
     old = ls.config
     ls.config = new
-    if (new.model, new.device) != (old.model, old.device):
+    if (new.model, new.device, new.adapter) != (old.model, old.device, old.adapter):
         ls.log(f"model setting changed: reloading ({new.model or 'default'} on {new.device})")
         ls.start_loading()
     if old.features.diagnostics and not new.features.diagnostics:
@@ -806,6 +806,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model folder; 'default' (built-in, the default) or random:PRESET for an untrained one")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter folder for --model (merged at load)")
     p.add_argument("--block-size", type=int, default=None, help="block size B (default: the model's)")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold tau, 0 < tau <= 1")
     p.add_argument("--steps", type=int, default=None, help="fixed steps per block (disables --threshold)")
@@ -820,7 +821,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    raw = {"model": args.model, "device": args.device, "blockSize": args.block_size, "threshold": args.threshold,
+    raw = {"model": args.model, "device": args.device, "adapter": args.adapter, "blockSize": args.block_size,
+           "threshold": args.threshold,
            "steps": args.steps, "temperature": args.temperature, "maxTokens": args.max_tokens,
            "inlineMaxTokens": args.inline_max_tokens, "candidates": args.candidates, "debounceMs": args.debounce_ms}
     if args.diagnostics:

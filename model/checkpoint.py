@@ -286,11 +286,19 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_model(spec: str | Path | None, device: str = "cpu", dtype: torch.dtype | None = None,
+                  adapter: str | Path | None = None, merge_adapter: bool = True,
                   ) -> tuple[LlamaForCausalLM, Tokenizer | None, str]:
     """Load ``spec``: a folder, ``None``/"default" for the shipped default, or ``random:PRESET``.
 
-    Returns (model, tokenizer, description). A random model is for smoke tests and says so.
+    Returns (model, tokenizer, description). A random model is for smoke tests and says so. ``adapter``: a LoRA
+    folder (``remask train adapt``) applied here, so every front end gets it; merged unless ``merge_adapter`` is off.
     """
+    if adapter:
+        from .adapter import apply_adapter
+
+        model, tok, desc = resolve_model(spec, device=device, dtype=dtype)
+        model = apply_adapter(model, adapter, merge=merge_adapter)
+        return model, tok, f"{desc} + adapter {adapter}{'' if merge_adapter else ' (unmerged)'}"
     check_device(device)
     if spec is None or str(spec) == "default":
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():

@@ -14,6 +14,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"],
                    help="weights dtype (default: as stored on CPU float32)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (remask train adapt) applied to --model; refused if made for another")
+    p.add_argument("--adapter-unmerged", action="store_true",
+                   help="keep the adapter's LoRA layers apart instead of merging them into the weights at load")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +47,8 @@ def load_from_args(args: argparse.Namespace):
     from .checkpoint import resolve_model
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tok, desc = resolve_model(args.model, device=args.device, dtype=dtype)
+    model, tok, desc = resolve_model(args.model, device=args.device, dtype=dtype, adapter=args.adapter,
+                                     merge_adapter=not args.adapter_unmerged)
     if "RANDOM" in desc:
         print(f"notice: using a {desc}", file=sys.stderr)
     return model, tok, desc

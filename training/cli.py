@@ -1,4 +1,4 @@
-"""``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline|experiment``.
+"""``remask corpus build|tokenize``, ``remask tokenizer train``, ``remask train ar|bd|sft|pipeline|experiment|adapt``.
 
 Every option of ``TrainConfig`` is a ``--field value`` flag; ``--config FILE.toml`` (or
 ``.yaml``) and ``--preset NAME`` set many at once (order: defaults < preset < file < flags). ``--steps`` and ``--lr``
@@ -17,7 +17,7 @@ from .config import PIPELINE_PRESETS, add_config_arguments, build_config
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices={"corpus": ["build", "tokenize", "info"], "tokenizer": ["train"],
-                                           "train": ["ar", "bd", "sft", "pipeline", "experiment"]}[command],
+                                           "train": ["ar", "bd", "sft", "pipeline", "experiment", "adapt"]}[command],
                         help="what to do")
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML or YAML file of config fields")
     parser.add_argument("--preset", default=None, metavar="NAME",
@@ -51,10 +51,14 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
                        help="held-out files or folders for exact match (default: none)")
         g.add_argument("--eval-batch-size", type=int, default=16, metavar="N",
                        help="tasks decoded together (default 16)")
-        g.add_argument("--data", default=None, metavar="PATH",
-                       help="HumanEval-Infilling data (github.com/openai/human-eval-infilling, nothing is "
-                            "downloaded): a .jsonl.gz file, or a folder holding the upstream "
-                            "HumanEval-*Infilling.jsonl.gz files")
+        g.add_argument("--data", default=None, nargs="+", metavar="PATH",
+                       help="experiment: HumanEval-Infilling data (github.com/openai/human-eval-infilling, nothing "
+                            "is downloaded): a .jsonl.gz file, or a folder holding the upstream "
+                            "HumanEval-*Infilling.jsonl.gz files; adapt: folders, git repositories or files of "
+                            "your code")
+        from .adapt import add_adapt_arguments
+
+        add_adapt_arguments(parser)
     add_config_arguments(parser, skip=("preset", "time_budget_min") if command == "train" else ("preset",))
 
 
@@ -79,6 +83,10 @@ def _run(command: str, args: argparse.Namespace) -> int:
     from .pipeline import corpus_step, run_pipeline, tokenizer_step
 
     action = args.action
+    if action == "adapt":
+        from .adapt import run_command
+
+        return run_command(args)
     cfg = build_config(args, args.preset)
     if command == "corpus":
         from .corpus import read_manifest, tokenize_corpus
@@ -181,6 +189,6 @@ def _experiment(cfg, args: argparse.Namespace) -> int:
     md = run_experiment(cfg, corpus, Path(cfg.init_from), out, args.steps, no_warmup_arm=args.no_warmup_arm,
                         splits=splits, thresholds=thresholds, limit=args.limit or None, seed=0,
                         exact_files=args.exact_files, device=cfg.device, batch_size=args.eval_batch_size,
-                        data=args.data)
+                        data=args.data[0] if args.data else None)
     print(md.read_text(encoding="utf-8"))
     return 0

@@ -191,7 +191,7 @@ def _run_humaneval(args) -> int:
     model = tok = dc = None
     info: dict = {"split": args.split}
     if args.solutions is None:
-        model, tok, desc = load_model(args.model, args.device, args.dtype)
+        model, tok, desc = load_model(args.model, args.device, args.dtype, args.adapter, not args.adapter_unmerged)
         temp = args.temperature if args.temperature is not None else (0.2 if args.samples > 1 else 0.0)
         line = args.truncate == "line" or (args.truncate == "auto" and args.split == "single-line")
         dc = _decode_config(args, max_new_tokens=args.max_new_tokens or MAX_NEW_TOKENS[args.split], mode=args.mode,
@@ -235,7 +235,7 @@ def _run_exact(args) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     files = collect_files(args.files)
     pick_spans(files, args.per_kind, kinds, args.seed)  # fail on bad kinds / empty files before loading
-    model, tok, desc = load_model(args.model, args.device, args.dtype)
+    model, tok, desc = load_model(args.model, args.device, args.dtype, args.adapter, not args.adapter_unmerged)
     dc = _decode_config(args, max_new_tokens=args.max_new_tokens or 128, mode=args.mode)
     out = _out(args, "exact-match")
     t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def _run_canitedit(args) -> int:
     model = tok = dc = None
     info: dict = {}
     if args.solutions is None:
-        model, tok, desc = load_model(args.model, args.device, args.dtype)
+        model, tok, desc = load_model(args.model, args.device, args.dtype, args.adapter, not args.adapter_unmerged)
         from .canitedit import require_instruct
 
         require_instruct(model)
@@ -299,7 +299,7 @@ def _run_speed(args) -> int:
 
     _check_args(args)
     tasks = select(load_tasks(args.split, args.data), args.limit if args.limit else 20, args.seed)
-    model, tok, desc = load_model(args.model, args.device, args.dtype)
+    model, tok, desc = load_model(args.model, args.device, args.dtype, args.adapter, not args.adapter_unmerged)
     dc = _decode_config(args, max_new_tokens=args.max_new_tokens or MAX_NEW_TOKENS[args.split],
                         stop_at_eos=not args.fixed_length)
     prompts = [fim_prompt(tok, t.prompt, t.suffix, prompt_budget(model, dc), bos=args.bos) for t in tasks]
@@ -327,7 +327,7 @@ def _run_sweep(args) -> int:
     from .report import plot_sweep, results_table, write_summary
 
     _check_args(args)
-    model, tok, desc = load_model(args.model, args.device, args.dtype)
+    model, tok, desc = load_model(args.model, args.device, args.dtype, args.adapter, not args.adapter_unmerged)
     out = _out(args, f"sweep-{args.split}")
     sandbox = _sandbox(args)
     line = args.split == "single-line"

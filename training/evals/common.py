@@ -75,14 +75,17 @@ def prompt_budget(model, dc) -> int:
 
 
 # Model --------------------------------------------------------------------------------------------------
-def load_model(spec: str | None, device: str = "cpu", dtype: str | None = None):
-    """(model, tokenizer, description); a clear EvalError when the folder is unusable or has no tokenizer."""
+def load_model(spec: str | None, device: str = "cpu", dtype: str | None = None, adapter: str | None = None,
+               merge_adapter: bool = True):
+    """(model, tokenizer, description); a clear EvalError when the folder is unusable or has no tokenizer.
+    ``adapter``: a LoRA folder applied to the model (``--adapter``)."""
     import torch
 
     from model.checkpoint import CheckpointError, resolve_model
 
     try:
-        model, tok, desc = resolve_model(spec, device=device, dtype=getattr(torch, dtype) if dtype else None)
+        model, tok, desc = resolve_model(spec, device=device, dtype=getattr(torch, dtype) if dtype else None,
+                                         adapter=adapter, merge_adapter=merge_adapter)
     except (CheckpointError, KeyError, OSError) as e:
         raise EvalError(str(e)) from e
     if tok is None:

@@ -30,7 +30,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         from assistant.engine import Engine
 
         dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
-        engine = Engine.load(args.model, device=args.device, dtype=dtype)
+        engine = Engine.load(args.model, device=args.device, dtype=dtype, adapter=args.adapter,
+                             merge_adapter=not args.adapter_unmerged)
     except (CheckpointError, EngineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ def run(command: str, args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens)
     from .app import RemaskApp
 
-    app = RemaskApp(path, model=args.model, device=args.device, dtype=args.dtype, settings=settings)
+    app = RemaskApp(path, model=args.model, device=args.device, dtype=args.dtype, settings=settings,
+                    adapter=args.adapter, merge_adapter=not args.adapter_unmerged)
     app.run()
     return 0
