@@ -38,6 +38,8 @@ class ServeConfig:
     model: str | None = None
     device: str = "cpu"
     dtype: str | None = None
+    adapter: str | None = None  # a LoRA folder (remask train adapt) for ``model``
+    merge_adapter: bool = True
     host: str = "127.0.0.1"
     port: int = 8012
     api_key: str | None = None
@@ -135,7 +137,8 @@ class Server:
         from assistant.engine import Engine
 
         dtype = getattr(torch, self.cfg.dtype) if self.cfg.dtype else None
-        return Engine.load(self.cfg.model, device=self.cfg.device, settings=self.cfg.settings, dtype=dtype)
+        return Engine.load(self.cfg.model, device=self.cfg.device, settings=self.cfg.settings, dtype=dtype,
+                           adapter=self.cfg.adapter, merge_adapter=self.cfg.merge_adapter)
 
     # ------------------------------------------------------------------------------------------ checks
 

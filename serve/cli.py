@@ -60,7 +60,8 @@ def config_from_args(args: argparse.Namespace):
     s = Settings(block_size=args.block_size, threshold=None if args.steps else args.threshold, steps=args.steps,
                  temperature=args.temperature, confidence=args.confidence, max_new_tokens=args.max_new_tokens,
                  seed=args.seed)
-    return ServeConfig(model=args.model, device=args.device, dtype=args.dtype, host=args.host, port=args.port,
+    return ServeConfig(model=args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                       merge_adapter=not args.adapter_unmerged, host=args.host, port=args.port,
                        api_key=key, cors=list(args.cors), max_queue=args.max_queue, max_batch=args.max_batch,
                        max_body=args.max_body, max_predict=args.max_predict,
                        default_predict=min(args.max_new_tokens, args.max_predict), model_name=args.model_name,
