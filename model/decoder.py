@@ -69,6 +69,13 @@ class DecodeConfig:
     # Write a finished block's clean keys in the same forward as the next block's first step (a 2B window)
     # instead of a forward of its own: the same tokens, one forward fewer per block.
     fuse_commit: bool = True
+    # The block families' commit rules (model/families): "remask" (above), or "sdar" (SDAR's generate.py: the
+    # step's count k is the block length split over the steps; with a threshold every mask with p > tau is
+    # committed when there are at least k of them, else the top k; top-k only when threshold is None).
+    commit_rule: str = "remask"
+    # The canvas ends on a block boundary (SDAR) instead of at prompt + max_new_tokens (Stable-DiffCoder).
+    align_canvas: bool = False
+
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -85,6 +92,8 @@ class DecodeConfig:
             raise ValueError("block_size must be at least 1")
         if self.steps_per_block is not None and self.steps_per_block < 1:
             raise ValueError("steps_per_block must be at least 1")
+        if self.commit_rule not in ("remask", "sdar"):
+            raise ValueError("commit_rule must be 'remask' or 'sdar'")
 
 
 @dataclass
@@ -154,6 +163,8 @@ def propose(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch
     Fixed schedule: the next count of ``schedule`` (most confident first). Threshold: the most confident one
     always, then every other at or above tau.
     """
+    if cfg.commit_rule == "sdar":
+        return _propose_sdar(lg, cfg, schedule, gen)
     x0 = _pick(lg, cfg.temperature, gen)
     logp_all = torch.log_softmax(lg.double(), -1)
     conf = _confidence(logp_all, x0, cfg.confidence, gen)
@@ -165,6 +176,25 @@ def propose(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch
     keep = conf[order] >= cfg.threshold
     keep[0] = True
     return x0, logp, order[keep]
+
+
+def _propose_sdar(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SDAR's rule; p is the probability of the chosen token under softmax(logits / T) (T = 1 when greedy).
+
+    k never exceeds the masks left: the published top-k can pick a non-mask position and overwrite a prompt
+    token of a partial first block (tests/test_parity_sdar.py shows it)."""
+    x0 = _pick(lg, cfg.temperature, gen)
+    logp_all = torch.log_softmax(lg.double() / (cfg.temperature if cfg.temperature > 0 else 1.0), -1)
+    logp = logp_all.gather(-1, x0[:, None])[:, 0]
+    conf = logp.exp()
+    k = min(schedule.pop(0) if schedule else len(conf), len(conf))
+    order = torch.argsort(conf, descending=True)
+    if cfg.threshold is not None:
+        high = (conf > cfg.threshold).nonzero().flatten()
+        if len(high) >= k:
+            return x0, logp, high
+    return x0, logp, order[:k]
 
 
 def _fixed_schedule(n_masked: int, steps: int) -> list[int]:
@@ -218,6 +248,9 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
     t0 = time.perf_counter()
 
     rows = [_Row(list(p), cfg.max_new_tokens, B) for p in prompts]
+    if cfg.align_canvas:
+        for r in rows:
+            r.limit = math.ceil(r.limit / B) * B
     n = len(rows)
     cap = max(r.end for r in rows)
     if cap > mcfg.max_position_embeddings:
@@ -336,6 +369,9 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
 def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:
     n_masked = int((x[i, r.block_start: r.block_start + B] == mask_id).sum())
     steps = cfg.steps_per_block or B
+    if cfg.commit_rule == "sdar":  # from the block length, not the masks left (SDAR's get_num_transfer_tokens)
+        r.schedule = _fixed_schedule(B, steps)
+        return
     r.schedule = [k for k in _fixed_schedule(n_masked, steps) if k > 0]
 
 

@@ -66,8 +66,11 @@ def _weights(cfg: dict[str, Any], body: str, seed: int, scale: float) -> dict[st
 
 def write_family_checkpoint(folder: str | Path, family: str, seed: int = 0, hidden: int = 64, layers: int = 2,
                             heads: int = 4, kv_heads: int = 2, base_vocab: int = 512, scale: float = 2.0,
-                            sharded: bool = True) -> Path:
-    """A random ``sdar``, ``dream`` or ``dreamon`` folder in the published layout. Returns the folder."""
+                            sharded: bool = True, boost: dict[str, float] | None = None) -> Path:
+    """A random ``sdar``, ``dream`` or ``dreamon`` folder in the published layout. Returns the folder.
+
+    ``boost`` scales the output rows of some tokens (e.g. ``{"<|endoftext|>": 3.0}``) so that a random model
+    writes them often: answers that stop early, DreamOn middles that grow and shrink."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = _tokenizer(folder, base_vocab)
@@ -104,6 +107,8 @@ def write_family_checkpoint(folder: str | Path, family: str, seed: int = 0, hidd
     else:
         raise ValueError(f"no published layout for {family!r}")
     sd = _weights(cfg, body, seed, scale)
+    for name, factor in (boost or {}).items():
+        sd["lm_head.weight"][ids[name]] *= factor
     if sharded:
         keys = sorted(sd)
         half = len(keys) // 2
