@@ -293,6 +293,13 @@ def run_adapt(job: AdaptJob, on_step: Callable[[int, dict], None] | None = None,
         raise TrainingError("adapt: the number of steps must be positive")
     if not job.data:
         raise TrainingError("adapt: pass --data PATH (folders, repositories or files of your code)")
+    model_dir = _model_folder(job.model)
+    if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
+        raise TrainingError(f"{model_dir} is not a checkpoint folder with config.json and tokenizer.json: adapt needs "
+                            "the checkpoint and its own tokenizer")
+    for d in job.data:
+        if not Path(d).expanduser().exists():
+            raise TrainingError(f"data path {d} does not exist")
     out = Path(job.out)
     work = out / "train"
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not work.is_dir()
@@ -365,8 +372,6 @@ class _Run:
             torch.cuda.set_device(device)
         amp = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
         model_dir = _model_folder(job.model)
-        if not (model_dir / "tokenizer.json").is_file():
-            raise TrainingError(f"{model_dir} has no tokenizer.json: adapt needs the checkpoint's own tokenizer")
         info = self._data(model_dir)
         # The base is frozen: held in bf16 when training in bf16 (16 GB for 8B instead of 32), LoRA weights in fp32.
         model, tok = load_checkpoint(model_dir, device=device, dtype=torch.bfloat16 if amp else torch.float32)
@@ -388,6 +393,7 @@ class _Run:
         targets = job.lora.target_modules or target_modules_for(model)
         lcfg = LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha or 2 * job.lora.r, lora_dropout=job.lora.dropout,
                           target_modules=targets, bias="none")
+        torch.manual_seed(cfg.seed)  # LoRA A's initialisation and dropout: a rerun is the same run
         try:
             peft_model = get_peft_model(model, lcfg)
         except ValueError as e:
