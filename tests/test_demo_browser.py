@@ -100,3 +100,19 @@ def test_fill_a_hole_by_clicking(page, tmp_path):
     keep = os.environ.get("REMASK_SCREENSHOT")
     if keep:  # for a person to look at: REMASK_SCREENSHOT=/tmp/demo.png pytest tests/test_demo_browser.py
         shutil.copy(shot, keep)
+
+
+def test_the_holes_dropdown_shows_the_hole_and_picking_it_sets_the_span(page):
+    """It was blank under a label saying "1 found": the closed dropdown shows the hole; choosing it (the one
+    already shown) puts its offsets into 'Characters'; showing it alone does not."""
+    original = load_examples()["intervals.py"]
+    page.wait_for_function("document.body.innerText.includes('Holes in the code (1 found')")
+    box = page.locator("#rm-holes input")
+    page.wait_for_function("document.querySelector('#rm-holes input').value !== ''")
+    assert "<FILL>" in box.input_value()
+    assert page.input_value("#rm-chars textarea, #rm-chars input") == ""  # shown, not picked
+    box.click()
+    page.locator("#rm-holes li.item").first.click()
+    page.wait_for_function("document.querySelector('#rm-chars textarea, #rm-chars input').value !== ''")
+    start, end = (int(x) for x in page.input_value("#rm-chars textarea, #rm-chars input").split("-"))
+    assert original[start:end].strip() == "<FILL>"

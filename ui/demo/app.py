@@ -582,21 +582,48 @@ class DemoApp:
         if result.flagged:
             shown = ", ".join(f"`{t.text.strip() or repr(t.text)}` ({t.prob:.3f})" for t in result.flagged[:12])
             status += f"\n\nImprobable tokens: {shown}"
-        if result.new_text == text:
-            status += "\n\nThe model left the code as it was."
-        live = self._final_live(text, result)
-        state = {"text": text, "op": op, "candidates": [
-            {"new_text": c.new_text, "diff": c.diff or make_diff(text, c.new_text), "score": c.score,
-             "parses": c.parses, "edits": [dataclasses.asdict(e) for e in c.edits]} for c in cands]}
+        state = {"text": text, "op": op, "stats": self._plain_stats(stats), "candidates": [
+            {"new_text": c.new_text if not getattr(c, "empty", False) else text,
+             "diff": "" if getattr(c, "empty", False) else c.diff or make_diff(text, c.new_text),
+             "score": c.score if isinstance(c.score, (int, float)) and math.isfinite(c.score) else None,
+             "parses": c.parses,
+             "empty": bool(getattr(c, "empty", False)),
+             "edits": [] if getattr(c, "empty", False) else [dataclasses.asdict(e) for e in c.edits]} for c in cands]}
         if not state["candidates"]:
             state["candidates"] = [{"new_text": result.new_text,
                                     "diff": result.diff or make_diff(text, result.new_text), "score": None,
-                                    "parses": True, "edits": [dataclasses.asdict(e) for e in result.edits]}]
+                                    "parses": True, "empty": False,
+                                    "edits": [dataclasses.asdict(e) for e in result.edits]}]
+        # the best candidate that says something: an empty answer is never the one shown first
+        order = sorted(range(len(state["candidates"])), key=lambda i: state["candidates"][i]["empty"])
+        best_i = order[0]
+        best = state["candidates"][best_i]
+        status += self._notes(text, best, getattr(result, "message", None))
+        live = self._final_live(text, result) if not best["empty"] else \
+            '<pre class="rm-code"><span class="rm-empty">no suggestion</span></pre>'
         choices = [(self._cand_label(i, c), i) for i, c in enumerate(state["candidates"])]
-        radio = gr.update(choices=choices, value=0, visible=len(choices) > 1)
-        best = state["candidates"][0]
+        radio = gr.update(choices=choices, value=best_i, visible=len(choices) > 1)
         return (status, live, render_diff(best["diff"]), Verbatim(best["new_text"]), radio,
-                self._details(op, best, stats), state)
+                self._details(op, best, state["stats"]), state)
+
+    @staticmethod
+    def _notes(text: str, best: dict, message: str | None) -> str:
+        """What the visitor must know about the result, in the status line: the engine's message, no suggestion
+        (the model answered nothing), a suggestion that does not parse (also with a single candidate)."""
+        notes: list[str] = []
+        if message:
+            notes.append(message)
+        if best["empty"] or (best["new_text"] == text and not best["edits"]):
+            if not any("no suggestion" in n or "unchanged" in n for n in notes):
+                notes.append("no suggestion: the model proposed no change; the code is unchanged")
+        elif not best.get("parses", True) and not any("parse" in n for n in notes):
+            notes.append("the suggestion does not parse")
+        return "".join(f"\n\n⚠️ **{_esc(n)}**" for n in notes)
+
+    @staticmethod
+    def _plain_stats(stats: dict) -> dict:
+        """The statistics a JSON view can show (numbers, strings, booleans)."""
+        return {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
     @staticmethod
     def _final_live(text: str, result: EditResult) -> str:
@@ -615,13 +642,15 @@ class DemoApp:
 
     @staticmethod
     def _cand_label(i: int, c: dict) -> str:
+        if c.get("empty"):
+            return f"candidate {i + 1} · no suggestion (empty answer)"
         score = f" · mean log-prob {c['score']:.3f}" if isinstance(c.get("score"), (int, float)) else ""
         return f"candidate {i + 1}{score}{'' if c.get('parses', True) else ' · does not parse'}"
 
     @staticmethod
     def _details(op: str, cand: dict, stats: dict) -> dict:
         return {"op": op, "edits": cand["edits"], "score": cand.get("score"), "parses": cand.get("parses"),
-                "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+                "empty": bool(cand.get("empty")), "stats": DemoApp._plain_stats(stats)}
 
     def choose(self, index: Any, state: dict | None) -> tuple:
         """Show candidate ``index`` of the last result."""
@@ -632,7 +661,9 @@ class DemoApp:
         if not 0 <= i < len(cands):
             return gr.skip(), gr.skip(), gr.skip()
         c = cands[i]
-        return render_diff(c["diff"]), Verbatim(c["new_text"]), self._details(state.get("op", ""), c, {})
+        # the run's statistics belong to every candidate (the radio fires this right after a result, too)
+        return render_diff(c["diff"]), Verbatim(c["new_text"]), self._details(state.get("op", ""), c,
+                                                                             state.get("stats") or {})
 
     @staticmethod
     def apply(new_code: str | None, current: str | None, state: dict | None) -> tuple:
@@ -646,7 +677,10 @@ class DemoApp:
         return Verbatim(new_code), "Applied to the editor.", ""
 
     def holes(self, text: str | None, language: str | None) -> Any:
-        """Dropdown choices for the holes in the code."""
+        """Dropdown choices for the holes in the code, the first one shown.
+
+        With no value the closed dropdown was blank under a label saying "1 found"; showing a hole does not pick
+        it: only the visitor's own choice (the select event, ``pick_hole``) makes it the span."""
         if not text or len(text) > MAX_CHARS:
             return gr.update(choices=[], value=None, label="Holes in the code (none)")
         try:
@@ -661,8 +695,14 @@ class DemoApp:
             label = sp.label or f"line {line}: {snippet or '(insertion point)'}"
             choices.append((label, f"{sp.start}-{sp.end}"))
         n = len(choices)
-        return gr.update(choices=choices, value=None,
-                         label=f"Holes in the code ({n} found, pick one)" if n else "Holes in the code (none)")
+        label = (f"Holes in the code ({n} found; Fill with no span fills {'it' if n == 1 else 'all'}, or pick one)"
+                 if n else "Holes in the code (none)")
+        return gr.update(choices=choices, value=choices[0][1] if choices else None, label=label)
+
+    @staticmethod
+    def picked_hole(evt: gr.SelectData) -> tuple:
+        """The visitor chose a hole in the dropdown (also the one already shown)."""
+        return DemoApp.pick_hole(evt.value)
 
     @staticmethod
     def pick_hole(value: str | None) -> tuple:
@@ -703,7 +743,8 @@ def build_app(engine: Any, model_dir: str | Path | None = None, examples: dict[s
                 with gr.Row():
                     example = gr.Dropdown(names, value=first, label="Example", scale=2)
                     language = gr.Dropdown(list(LANGUAGES), value=first_lang, label="Language", scale=1)
-                    hole = gr.Dropdown([], value=None, label="Holes in the code", scale=2, allow_custom_value=False)
+                    hole = gr.Dropdown([], value=None, label="Holes in the code", scale=2, allow_custom_value=False,
+                                       interactive=True, elem_id="rm-holes")  # read by select only: say it
                 editor = gr.Code(Verbatim(app.examples.get(first, "")), language=LANGUAGES.get(first_lang), lines=18,
                                     max_lines=30, interactive=True, label="Code", elem_id="rm-editor")
                 with gr.Row(equal_height=True):
@@ -772,7 +813,7 @@ def build_app(engine: Any, model_dir: str | Path | None = None, examples: dict[s
         editor.change(app.holes, [editor, language], hole, api_name="holes", trigger_mode="always_last",
                       concurrency_limit=None)
         demo.load(app.holes, [editor, language], hole, api_name=False, concurrency_limit=None)
-        hole.change(app.pick_hole, hole, [chars, lines], api_name=False)
+        hole.select(app.picked_hole, None, [chars, lines], api_name=False)  # the visitor's choice, not a refresh
         # typing a line range means "use lines": forget the character selection
         lines.input(lambda: "", None, chars, api_name=False)
         use_sel.click(None, [chars, lines], [chars, lines], js=SELECTION_JS, api_name=False)
