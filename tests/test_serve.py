@@ -622,3 +622,28 @@ def _health(url: str) -> int:
         return get(url + "/health")[0]
     except OSError:
         return 0
+
+
+async def test_tui_with_a_remote_engine(server, tmp_path):
+    """``remask tui --server``: the editor's fill runs on the server and proposes what it proposes in process."""
+    from assistant.api import Settings
+    from assistant.remote import RemoteEngine
+    from ui.tui.app import RemaskApp
+
+    url, state = server
+    text = "def mean(values):\n    total = <FILL>\n    return total / len(values)\n"
+    src = tmp_path / "m.py"
+    src.write_text(text)
+    settings = Settings(max_new_tokens=16)
+    app = RemaskApp(src, engine_factory=lambda: RemoteEngine(url, settings=settings), settings=settings,
+                    show_timings=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.app.workers.wait_for_complete()
+        app.editor.cursor_location = (1, 12)
+        await pilot.pause()
+        await pilot.press("ctrl+f")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        p = app.proposal
+        want = state.scheduler.engine.fill(text, text.index("<FILL>"), language="python", settings=settings)
+        assert want.edits and p is not None and p.candidate.edits == want.edits, app.last_status

@@ -17,6 +17,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)  # --model, --device, --dtype: the same as every other model command
     parser.add_argument("--max-queue", type=int, default=32, help="visitors that may wait for the model at once")
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="use a `remask serve` process instead of loading the model here (or REMASK_SERVER)")
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -24,21 +26,28 @@ def run(command: str, args: argparse.Namespace) -> int:
     import torch
 
     from assistant.api import EngineError
+    from assistant.remote import server_from_env
     from model.checkpoint import DEFAULT_MODEL_DIR, CheckpointError
 
+    url = server_from_env(getattr(args, "server", None))
     try:
-        from assistant.engine import Engine
+        if url is not None:  # the model lives in a `remask serve` process
+            from assistant.remote import RemoteEngine
 
-        dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
-        engine = Engine.load(args.model, device=args.device, dtype=dtype, adapter=args.adapter,
-                             merge_adapter=not args.adapter_unmerged)
+            engine = RemoteEngine(url)
+        else:
+            from assistant.engine import Engine
+
+            dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+            engine = Engine.load(args.model, device=args.device, dtype=dtype, adapter=args.adapter,
+                                 merge_adapter=not args.adapter_unmerged)
     except (CheckpointError, EngineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "RANDOM" in str(engine.info.get("description", "")):
         print(f"notice: using a {engine.info['description']}", file=sys.stderr)
     model_dir = DEFAULT_MODEL_DIR if args.model in (None, "default") else args.model
-    if str(model_dir).startswith("random:"):
+    if str(model_dir).startswith("random:") or url is not None:
         model_dir = None
 
     from .app import build_app, launch_app

@@ -17,6 +17,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=None, help="block size B (default: the model's)")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="use a `remask serve` process instead of loading the model here (or REMASK_SERVER)")
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -37,9 +39,20 @@ def run(command: str, args: argparse.Namespace) -> int:
     settings = Settings(threshold=None if args.steps else args.threshold, steps=args.steps,
                         block_size=args.block_size, temperature=args.temperature,
                         max_new_tokens=args.max_new_tokens)
+    from assistant.remote import server_from_env
+
     from .app import RemaskApp
 
+    url = server_from_env(args.server)
+    factory = None
+    if url is not None:  # the model lives in a `remask serve` process; it "loads" by asking for its info
+
+        def factory():
+            from assistant.remote import RemoteEngine
+
+            return RemoteEngine(url, settings=settings)
+
     app = RemaskApp(path, model=args.model, device=args.device, dtype=args.dtype, settings=settings,
-                    adapter=args.adapter, merge_adapter=not args.adapter_unmerged)
+                    adapter=args.adapter, merge_adapter=not args.adapter_unmerged, engine_factory=factory)
     app.run()
     return 0
