@@ -1,10 +1,13 @@
 """Block-diffusion decoding with a KV cache, and the autoregressive baseline on the same weights.
 
-Semantics follow Stable-DiffCoder's ``generate_block`` (diffusion.md 1.4): blocks aligned to absolute
-positions; prefill of the whole prompt blocks; each step forwards only the current block over the cache;
-provisional keys are never kept (the next step overwrites their slots); one commit forward per finished
-block; EOS looked for only in generated tokens. Commit rule: a fixed number of steps per block, or a
-confidence threshold (always the top-1, then every masked position at or above tau).
+Semantics are Stable-DiffCoder's ``generate_block`` (diffusion.md 1.4; tests/test_parity_sdc.py runs the
+published code and compares token ids): the canvas is exactly prompt + max_new_tokens; blocks are aligned to
+absolute positions, so a prompt that does not end on a block boundary makes the first block hold its tail
+and the last block cut short (it holds P mod B masks); prefill of the whole prompt blocks; each step forwards
+only the current block over the cache; provisional keys are never kept (the next step overwrites their
+slots); one commit forward per finished block; EOS looked for only in generated tokens, once a block has no
+mask left. Commit rule: a fixed number of steps per block, or a confidence threshold (always the top-1, then
+every masked position at or above tau).
 
 Beyond the reference: batches with per-row prompt lengths and per-row stopping (rows step in lockstep,
 a row's commit forward shares the batched forward with other rows' denoising steps), a callback after
@@ -65,7 +68,9 @@ class DecodeConfig:
     mode: str = "diffusion"  # "diffusion" or "ar"
     stop_at_eos: bool = True
     stop_strings: tuple[str, ...] = ()
-    eos_fill: bool = True  # once EOS is committed, the block's later masks become EOS (no more steps)
+    # Not the reference's rule, so off by default: once EOS is committed, the block's later masks become EOS
+    # (fewer steps, but the positions before it then see EOS instead of MASK). BENCHMARKS.md measures it.
+    eos_fill: bool = False
     # Write a finished block's clean keys in the same forward as the next block's first step (a 2B window)
     # instead of a forward of its own: the same tokens, one forward fewer per block.
     fuse_commit: bool = True
@@ -75,7 +80,6 @@ class DecodeConfig:
     commit_rule: str = "remask"
     # The canvas ends on a block boundary (SDAR) instead of at prompt + max_new_tokens (Stable-DiffCoder).
     align_canvas: bool = False
-
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -208,8 +212,8 @@ class _Row:
 
     def __init__(self, prompt: list[int], max_new: int, block: int) -> None:
         self.prompt_len = len(prompt)
-        self.limit = len(prompt) + max_new
-        self.end = math.ceil(self.limit / block) * block  # canvas end, block aligned
+        self.limit = len(prompt) + max_new  # canvas end: the last block may be cut short
+        self.width = math.ceil(self.limit / block) * block  # tensor width, block aligned
         self.block_start = (len(prompt) // block) * block
         self.done = False
         self.finish = "length"
@@ -252,9 +256,10 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
         for r in rows:
             r.limit = math.ceil(r.limit / B) * B
     n = len(rows)
-    cap = max(r.end for r in rows)
-    if cap > mcfg.max_position_embeddings:
-        raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens ({cap}) exceeds the model context "
+    cap = max(r.width for r in rows)
+    if max(r.limit for r in rows) > mcfg.max_position_embeddings:
+        raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens ({max(r.limit for r in rows)}) exceeds "
+                         f"the model context "
                          f"({mcfg.max_position_embeddings}); shorten the context")
     x = torch.full((n, cap), mask_id, dtype=torch.long)
     for i, (r, p) in enumerate(zip(rows, prompts, strict=True)):
@@ -293,7 +298,11 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             offset = torch.zeros_like(starts)
         full_ids = torch.gather(x[active], 1, win_pos)
         kv_len = int(win_pos.max()) + 1
-        allowed = block_causal_mask(win_pos, torch.arange(kv_len)[None], B)
+        key_pos = torch.arange(kv_len)[None]
+        limits = torch.tensor([rows[i].limit for i in active])[:, None]
+        # Positions past a row's canvas end do not exist: no query sees them (a cut last block is shorter).
+        allowed = block_causal_mask(win_pos, key_pos, B) & (key_pos < limits)[:, None, :]
+        allowed |= win_pos[:, :, None] == key_pos[:, None, :]  # a padded query sees itself (no NaN)
         sel = offset[:, None] + torch.arange(B)[None]  # the current block inside the window
         logits = forward_logits(model, full_ids.to(device), win_pos.to(device), allowed.to(device),
                                 cache=cache, kv_len=kv_len, keep=sel.to(device)).float()
@@ -310,13 +319,14 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
             if r.commit_pending:  # this forward was the row's commit pass
                 r.commit_pending = False
                 r.block_start += B
-                if r.block_start >= r.end:
+                if r.block_start >= r.limit:
                     r.done, r.finish = True, "length"
                     finished_now.append(i)
                 else:
                     _new_block(r, x, cfg, B, mask_id, i)
                 continue
-            masked = (win_ids[j] == mask_id).nonzero().flatten()
+            block_end = min(r.block_start + B, r.limit)
+            masked = (win_ids[j, : block_end - r.block_start] == mask_id).nonzero().flatten()
             if masked.numel() == 0:
                 continue
             x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule, gen)
@@ -326,23 +336,19 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
                 r.logp[p] = float(logp[c])
                 r.step_of[p] = step
             committed[i] = len(chosen)
-            window = x[i, r.block_start: r.block_start + B]
+            window = x[i, r.block_start: block_end]
             gen_from = max(r.block_start, r.prompt_len)
             if cfg.stop_at_eos and cfg.eos_fill:
-                eos_pos = (x[i, gen_from: r.block_start + B] == eos_id).nonzero().flatten()
-                if eos_pos.numel():
-                    first = gen_from + int(eos_pos[0])
-                    tail = x[i, first: r.block_start + B]
-                    tail[tail == mask_id] = eos_id
+                _fill_after_eos(x[i, gen_from: block_end], eos_id, mask_id)
             if (window == mask_id).any():
                 continue
             # Block finished: EOS (generated part only), stop strings, length, or commit and go on.
-            if cfg.stop_at_eos and (x[i, gen_from: r.block_start + B] == eos_id).any():
+            if cfg.stop_at_eos and (x[i, gen_from: block_end] == eos_id).any():
                 r.done, r.finish = True, "eos"
             elif cfg.stop_strings and tokenizer is not None and _hit_stop(
-                    tokenizer, x[i, r.prompt_len: r.block_start + B], cfg.stop_strings):
+                    tokenizer, x[i, r.prompt_len: block_end], cfg.stop_strings):
                 r.done, r.finish = True, "stop"
-            elif r.block_start + B >= r.limit:
+            elif block_end >= r.limit:
                 r.done, r.finish = True, "length"
             elif cfg.fuse_commit:
                 r.block_start += B
@@ -367,7 +373,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
 
 
 def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:
-    n_masked = int((x[i, r.block_start: r.block_start + B] == mask_id).sum())
+    n_masked = int((x[i, r.block_start: min(r.block_start + B, r.limit)] == mask_id).sum())
     steps = cfg.steps_per_block or B
     if cfg.commit_rule == "sdar":  # from the block length, not the masks left (SDAR's get_num_transfer_tokens)
         r.schedule = _fixed_schedule(B, steps)
@@ -375,9 +381,17 @@ def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int
     r.schedule = [k for k in _fixed_schedule(n_masked, steps) if k > 0]
 
 
+def _fill_after_eos(gen: torch.Tensor, eos_id: int, mask_id: int) -> None:
+    """The ``eos_fill`` option: the masks after the first committed EOS of a block become EOS, in place."""
+    eos_pos = (gen == eos_id).nonzero().flatten()
+    if eos_pos.numel():
+        tail = gen[int(eos_pos[0]):]
+        tail[tail == mask_id] = eos_id
+
+
 def _canvas(x: torch.Tensor, rows: list[_Row], i: int, B: int) -> list[int]:
     r = rows[i]
-    end = min(r.block_start + B, r.end) if not r.done else r.block_start + B
+    end = min(r.block_start + B, r.limit)
     return x[i, r.prompt_len: max(end, r.prompt_len)].tolist()
 
 
@@ -503,12 +517,12 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
     mask_id, eos_id = mcfg.mask_token_id, mcfg.eos_token_id
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     r = _Row(list(prompt), cfg.max_new_tokens, B)
-    x = torch.full((1, r.end), mask_id, dtype=torch.long)
+    x = torch.full((1, r.limit), mask_id, dtype=torch.long)
     x[0, : r.prompt_len] = torch.tensor(list(prompt))
     _new_block(r, x, cfg, B, mask_id, 0)
     device = next(model.parameters()).device
     while True:
-        end = r.block_start + B
+        end = min(r.block_start + B, r.limit)
         pos = torch.arange(end)
         allowed = (pos[None, :] // B <= pos[:, None] // B)[None]
         logits = forward_logits(model, x[:, :end].to(device), pos[None].to(device), allowed.to(device)).float()
@@ -521,10 +535,7 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
             x[0, r.block_start + int(masked[c])] = int(x0[c])
         gen_from = max(r.block_start, r.prompt_len)
         if cfg.stop_at_eos and cfg.eos_fill:
-            e = (x[0, gen_from:end] == eos_id).nonzero().flatten()
-            if e.numel():
-                tail = x[0, gen_from + int(e[0]): end]
-                tail[tail == mask_id] = eos_id
+            _fill_after_eos(x[0, gen_from:end], eos_id, mask_id)
         if (x[0, r.block_start:end] == mask_id).any():
             continue
         if cfg.stop_at_eos and (x[0, gen_from:end] == eos_id).any():

@@ -8,6 +8,9 @@ flex attention), which transformers hands to the kernel as they are.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import LlamaForCausalLM
 
@@ -73,6 +76,21 @@ def remask_config(model: LlamaForCausalLM) -> ModelConfig:
     return cfg
 
 
+@functools.cache
+def _cache_keyword(body_class: type) -> str:
+    """The name the installed transformers gives the cache argument: ``cache`` from 5.24 on (where
+    ``past_key_values`` warns, and goes in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
+
+
+def run_body(model: LlamaForCausalLM, input_ids: torch.Tensor, position_ids: torch.Tensor, mask,
+             cache=None, use_cache: bool | None = None):
+    """The transformer body (no head) with an explicit mask and our cache, on any transformers 5.x."""
+    kw = {} if cache is None else {_cache_keyword(type(model.model)): cache}
+    return model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                       use_cache=cache is not None if use_cache is None else use_cache, **kw)
+
+
 def forward_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, position_ids: torch.Tensor,
                    mask, cache: BlockKVCache | None = None, kv_len: int | None = None,
                    keep: torch.Tensor | slice | None = None) -> torch.Tensor:
@@ -87,8 +105,7 @@ def forward_logits(model: LlamaForCausalLM, input_ids: torch.Tensor, position_id
         mask = mask[:, None]
     if cache is not None:
         cache.prepare(position_ids, kv_len if kv_len is not None else int(position_ids.max()) + 1)
-    out = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                      past_key_values=cache, use_cache=cache is not None)
+    out = run_body(model, input_ids, position_ids, mask, cache=cache)
     h = out.last_hidden_state
     if isinstance(keep, torch.Tensor) and keep.dim() == 2:  # per-row positions [batch, k]
         h = torch.gather(h, 1, keep[..., None].expand(-1, -1, h.shape[-1]))

@@ -42,9 +42,13 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """Encode/decode plus the special ids. ``None`` for a role the vocabulary lacks."""
 
-    def __init__(self, tok: HFTokenizer, chat_template: str | None = None) -> None:
+    def __init__(self, tok: HFTokenizer, chat_template: str | None = None, add_bos: bool | None = None) -> None:
         self.tok = tok
         self.chat_template = chat_template
+        # Whether the folder's own files say a sequence starts with BOS (``add_bos_token`` in
+        # tokenizer_config.json, else the tokenizer.json post-processor that ``AutoTokenizer`` applies);
+        # None when they say nothing. See ``fim_bos``.
+        self.add_bos = add_bos if add_bos is not None else _post_processor_adds_bos(tok)
         self.ids: dict[str, int | None] = {}
         for role, names in SPECIAL_NAMES.items():
             self.ids[role] = next((i for n in names if (i := tok.token_to_id(n)) is not None), None)
@@ -82,14 +86,29 @@ class Tokenizer:
             tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers error types are not public
             raise TokenizerError(f"cannot read {path}: {e}") from e
-        template = None
+        template, add_bos = None, None
         cfg = folder / "tokenizer_config.json"
         if cfg.is_file():
             try:
-                template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
-            except (OSError, json.JSONDecodeError):
-                template = None
-        return cls(tok, template)
+                d = json.loads(cfg.read_text(encoding="utf-8"))
+                template, add_bos = d.get("chat_template"), d.get("add_bos_token")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                template, add_bos = None, None
+        return cls(tok, template, add_bos if isinstance(add_bos, bool) else None)
+
+    @property
+    def fim_bos(self) -> bool:
+        """Whether a fill-in-the-middle prompt starts with BOS.
+
+        Evidence (issue 15): the Seed-Coder report (section 2.2.6, in ../shared/research/papers) gives the FIM
+        sample format as ``<[fim-suffix]>S<[fim-prefix]>P<[fim-middle]>M`` with no BOS, and Seed-Coder's own
+        usage (the model card's FIM example, vLLM's /v1/completions) passes that string through the tokenizer
+        with its default special-token handling, which adds BOS exactly when the folder's tokenizer files say
+        so. So: what the files say (``add_bos``); with no word from them, the report's format (no BOS). Our
+        own tokenizers say ``add_bos_token: true``: our trainer starts documents and half the FIM samples with
+        BOS (training/fim.py), and its checkpoints were evaluated that way.
+        """
+        return bool(self.add_bos) and self.bos_id is not None
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -102,6 +121,8 @@ class Tokenizer:
             "unk_token": names.get("unk"), "mask_token": names.get("mask"),
             "model_max_length": 1_000_000,
         }
+        if self.add_bos is not None:
+            cfg["add_bos_token"] = self.add_bos
         if self.chat_template:
             cfg["chat_template"] = self.chat_template
         (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n",
@@ -163,4 +184,18 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int = 2) -> Tokenizer
     tok.train_from_iterator(texts, trainer=trainer)
     template = ("{% for m in messages %}{{ bos_token }}{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}"
                 "{% endfor %}{% if add_generation_prompt %}{{ bos_token }}assistant\n{% endif %}")
-    return Tokenizer(tok, chat_template=template)
+    return Tokenizer(tok, chat_template=template, add_bos=True)  # documents start with BOS (training/fim.py)
+
+
+def _post_processor_adds_bos(tok: HFTokenizer) -> bool | None:
+    """True/False when tokenizer.json has a template post-processor (it does / does not put a BOS first),
+    else None."""
+    try:
+        post = json.loads(tok.to_str()).get("post_processor")
+    except (ValueError, AttributeError):
+        return None
+    for proc in (post or {}).get("processors") or [post or {}]:
+        if proc.get("type") == "TemplateProcessing":
+            first = (proc.get("single") or [{}])[0]
+            return (first.get("SpecialToken") or {}).get("id") in SPECIAL_NAMES["bos"]
+    return None

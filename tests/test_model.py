@@ -23,7 +23,7 @@ from model import (
 )
 from model.cache import BlockKVCache, PromptCache
 from model.masks import bd3_positions, bd3_training_mask, block_causal_mask
-from model.testing import make_test_tokenizer
+from model.testing import make_test_tokenizer, write_stable_diffcoder_folder
 
 
 def loop_block_causal(n: int, B: int) -> torch.Tensor:
@@ -356,37 +356,7 @@ def test_save_load_round_trip_bit_exact(tmp_path) -> None:
 
 def _write_stable_diffcoder_folder(folder, seed: int = 0) -> torch.nn.Module:
     """A small random model written exactly as Stable-DiffCoder-8B is published on the hub."""
-    folder.mkdir()
-    cfg = preset("test", tie_word_embeddings=False)
-    m = build_model(cfg, dtype=torch.bfloat16, seed=seed)
-    config = {
-        "architectures": ["StableDiffcoderForCausalLM"],
-        "auto_map": {"AutoModel": "modeling_stable_diffcoder.StableDiffcoderForCausalLM",
-                     "AutoModelForCausalLM": "modeling_stable_diffcoder.StableDiffcoderForCausalLM"},
-        "model_type": "llama", "attention_bias": False, "attention_dropout": 0.1, "resid_pdrop": 0.1,
-        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "hidden_act": "silu",
-        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.hidden_size // cfg.num_attention_heads,
-        "max_position_embeddings": 8192, "rope_theta": 500000.0, "rope_scaling": None, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False, "vocab_size": cfg.vocab_size, "mlp_bias": False,
-        "initializer_range": 0.009882118, "torch_dtype": "bfloat16", "transformers_version": "4.46.2",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    sd = {k: v.contiguous() for k, v in m.state_dict().items() if "rotary" not in k}
-    keys = sorted(sd)
-    half = len(keys) // 2
-    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
-    wm = {}
-    for name, ks in shards.items():
-        save_file({k: sd[k] for k in ks}, str(folder / name), metadata={"format": "pt"})
-        wm.update({k: name for k in ks})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
-    (folder / "modeling_stable_diffcoder.py").write_text("raise RuntimeError('remote code must never run')\n")
-    # Tokenizer with Seed-Coder's special-token names.
-    tok = make_test_tokenizer()
-    tok.save(folder)
-    return m
+    return write_stable_diffcoder_folder(folder, seed=seed)
 
 
 def test_stable_diffcoder_folder_loads_and_decodes(tmp_path) -> None:
