@@ -32,7 +32,7 @@ import torch
 from model.cache import BlockKVCache, PromptCache
 from model.checkpoint import CheckpointError, resolve_model
 from model.decoder import DecodeCancelled, DecodeConfig, DecodeResult, StepEvent, generate
-from model.network import forward_logits, remask_config
+from model.network import forward_logits, remask_config, run_body
 
 from .api import (
     Cancelled,
@@ -596,7 +596,7 @@ class Engine:
             raise EngineError("max_new_tokens leaves no room for context in the model's "
                               f"{self.cfg.max_position_embeddings}-token window")
         p_ids, s_ids, trimmed = self._context(prefix, suffix, budget)
-        head = [self.bos] if self.bos is not None else []
+        head = [self.bos] if self.tok.fim_bos else []  # the evidence is in Tokenizer.fim_bos
         return _Prompt(head + [fs] + s_ids + [fp] + p_ids + [fm], trimmed)
 
     def _span_prompt(self, text: str, start: int, end: int, s: Settings):
@@ -665,9 +665,8 @@ class Engine:
             to_clean = pos[None, :] < (blk * B)[:, None]  # [m, L]: clean keys of earlier blocks
             to_own = blk[None, :] == blk[:, None]  # [m, m]: its own block of its own copy
             mask = torch.cat([to_clean, to_own], 1)[None].expand(len(copies), -1, -1)
-            h = self.model.model(input_ids=rows.to(dev), position_ids=region.expand(len(copies), -1).to(dev),
-                                 attention_mask=mask[:, None].to(dev), past_key_values=kv,
-                                 use_cache=True).last_hidden_state
+            h = run_body(self.model, rows.to(dev), region.expand(len(copies), -1).to(dev), mask[:, None].to(dev),
+                         cache=kv).last_hidden_state
             targets = torch.arange(a, b)
             row_of = torch.tensor([copies.index(int(p) % B) for p in targets])
             logits = self.model.lm_head(h[row_of.to(dev), (targets - s0).to(dev)]).float()

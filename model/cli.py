@@ -96,7 +96,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         return 2
     out = res.texts[0] if res.texts else ""
     if args.json:
-        print(json.dumps({"text": out, "tokens": len(res.tokens[0]), "nfe": res.nfe,
+        print(json.dumps({"text": out, "tokens": len(res.tokens[0]), "token_ids": res.tokens[0], "nfe": res.nfe,
                           "tokens_per_forward": round(res.tokens_per_forward, 3),
                           "seconds": round(res.elapsed_s, 4), "finish": res.finish[0]}))
     else:
