@@ -267,7 +267,13 @@ class Scheduler:
         """Our layout: ``[bos] context <fim_suffix> S <fim_prefix> P <fim_middle>``; the context chunks go
         first so that a client's warm-up request (context only) leaves keys its next requests reuse."""
         eng = self.engine
-        if c.ids is not None:
+        if c.ids is not None:  # checked here, so that one row too long fails alone, not its whole batch
+            from assistant.api import EngineError
+
+            B, ctx = eng.settings.block_size or eng.cfg.block_size, eng.cfg.max_position_embeddings
+            if -(-(len(c.ids) + max(c.max_new, 1)) // B) * B > ctx:
+                raise EngineError(f"the prompt is {len(c.ids)} tokens; with {c.max_new} new tokens it exceeds the "
+                                  f"model's context of {ctx} tokens")
             return list(c.ids), False
         s = replace(eng.settings, max_new_tokens=max(c.max_new, 1))
         extra_ids = eng.tok.encode(render_extra(c.extra)) if c.extra else []
@@ -338,6 +344,8 @@ class Scheduler:
             text, word = ("", None) if warm else finish_text(k, toks)
             if cut_line and "\n" in text.rstrip("\n"):
                 text = text[: text.rstrip("\n").rfind("\n") + 1]
+                if len(sent[k]) > len(text) and sent[k].startswith(text):
+                    text = sent[k]  # never less than what was already streamed
             if word is not None:
                 finish = "stop"
             res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks),
@@ -350,6 +358,7 @@ class Scheduler:
         def on_step(ev) -> None:
             if first_step[0] is None:
                 first_step[0] = time.perf_counter()
+            last_nfe[0] = ev.nfe
             now = time.perf_counter()
             for k in range(n):
                 if answered[k] or live[k].future.done():
@@ -380,6 +389,7 @@ class Scheduler:
                         sent[k] = safe
 
         reused_box = [0]
+        last_nfe = [0]
 
         def check() -> bool:
             for k in range(n):
@@ -398,6 +408,7 @@ class Scheduler:
                                cancel=check, prompt_cache=cache)
         except DecodeCancelled:
             check()
+            self.metrics.observe_batch(n, last_nfe[0], 0)
             return
         except ValueError as e:
             for k in range(n):

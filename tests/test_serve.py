@@ -521,7 +521,7 @@ def test_disconnect_cancels_between_steps(slow_server):
     s.close()
     _wait(lambda: not sch._running, 10)
     assert state.metrics.get("remask_cancelled_total", {"reason": "disconnect"}) == before + 1
-    assert state.metrics.get("remask_forwards_total") == nfe0  # the batch did not run to its end
+    assert state.metrics.get("remask_forwards_total") - nfe0 < 700  # stopped long before its 1,400 tokens
     st, _, b = post(url + "/infill", {"input_prefix": "x = ", "n_predict": 4})
     assert st == 200  # the worker is free again
 
