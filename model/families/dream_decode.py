@@ -34,7 +34,10 @@ class DreamConfig:
     eps: float = 1e-3
     temperature: float = 0.0
     top_p: float | None = None
-    top_k: int | None = None
+    # The published diffusion_generate inherits transformers' legacy config default top_k = 50 (a config.json
+    # without generation fields still has it), so its probabilities are renormalised over the top 50 unless the
+    # caller says otherwise; the same default here gives the same tokens. None: no top-k filter.
+    top_k: int | None = 50
     alg_temp: float | None = None
     seed: int | None = 0
     # DreamOn (eval config defaults): the middle starts at min_gen_len masks and may grow to max_gen_len.
