@@ -295,8 +295,8 @@ async def test_the_focused_settings_field_is_marked():
             rows = {row.query_one("Input").id: row for row in screen.query(".setting-row")}
             labels = {k: str(r.query_one(".setting-label").render()) for k, r in rows.items()}
             assert labels[wid].startswith("▸") and sum(v.startswith("▸") for v in labels.values()) == 1, labels
+            # the focused row alone is styled: its input's background, its label bold (no stale row stays marked)
             backgrounds = {k: r.query_one("Input").styles.background for k, r in rows.items()}
-            other = next(k for k in rows if k != wid)
-            assert backgrounds[wid] != backgrounds[other]
-            label_styles = {k: r.query_one(".setting-label").styles.text_style for k, r in rows.items()}
-            assert label_styles[wid] != label_styles[other]
+            assert all(backgrounds[k] != backgrounds[wid] for k in rows if k != wid), backgrounds
+            bold = {k: bool(r.query_one(".setting-label").styles.text_style.bold) for k, r in rows.items()}
+            assert bold == {k: k == wid for k in rows}, bold

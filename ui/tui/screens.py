@@ -172,7 +172,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                                             id="set-steps", compact=True)),
                     ("temperature", Input(str(s.temperature), id="set-temperature", compact=True)),
                 ):
-                    # one row per field: the row of the focused field is marked (:focus-within in remask.tcss)
+                    # one row per field: the row of the focused field is marked (.-focused in remask.tcss)
                     with Horizontal(classes="setting-row"):
                         yield Label(f"  {label}", classes="setting-label", name=label)
                         yield field
@@ -185,8 +185,9 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
         """Put a marker before the focused field's label (colour alone is easy to miss in some terminals)."""
         for row in self.query(".setting-row"):
             label = row.query_one(".setting-label", Label)
-            mark = "▸ " if event.widget in row.children else "  "
-            label.update(mark + (label.name or ""))
+            focused = event.widget in row.children
+            row.set_class(focused, "-focused")  # a class restyles the whole row; :focus-within left stale siblings
+            label.update(("▸ " if focused else "  ") + (label.name or ""))
 
     def _value(self, wid: str) -> str:
         return self.query_one(f"#{wid}", Input).value
