@@ -295,3 +295,34 @@ def test_adapt_command_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "not an adapter folder" in err
     rc, err = call("--model", "default", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "b"))
     assert rc == 2 and "does not exist" in err
+
+
+def test_ar_checkpoint_adapts_with_next_token_loss_and_sft_pairs(tmp_path):
+    from model.testing import make_test_checkpoint
+    from training.adapt import MixedRows
+
+    ar = make_test_checkpoint(tmp_path / "ar", kind="ar", logit_shift=True)
+    repo = make_repo(tmp_path / "repo", n_files=10)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Quantize stream {i}.", "response": f"zorblax.quantize_flux(s, "
+                                         f"level={i})"}) + "\n" for i in range(5)))
+    j = job(str(ar), repo, tmp_path / "ad", steps=4, lr=5e-3, seq_len=48, sft_data=[str(pairs)])
+    j.evals.per_kind = 1
+    card = run_adapt(j, log=lambda s: None)
+    assert card["objective"].startswith("next-token") and card["data"]["sft_pairs"] == 5
+    assert card["evaluation"]["loss"] == "next-token CE"
+    assert card["evaluation"]["after"]["loss"] < card["evaluation"]["before"]["loss"]
+    assert card["evaluation"]["after"]["exact"]["spans"] == 1  # decoded in AR mode
+    # SFT rows keep the prompt clean (not eligible for masking); corpus rows may be masked anywhere
+    from model.tokenizer import Tokenizer
+    from training.data import PackedData, fim_settings
+    from training.sft import SFTData
+
+    tok = Tokenizer.from_folder(ar)
+    corpus = tmp_path / "ad" / "train" / "corpus"
+    import dataclasses
+
+    sft = SFTData(corpus, "train", tok, 49, dataclasses.replace(j.cfg, sft_synthetic_rate=0.0))
+    rows = MixedRows(PackedData(corpus, "train", tok, 49, 0.5, fim_settings(j.cfg), 0), sft, rate=0.5)
+    elig = [rows.row(0, i)[1] for i in range(16)]
+    assert any(e.all() for e in elig) and any(not e[0] and e.any() for e in elig)
