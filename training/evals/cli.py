@@ -54,6 +54,8 @@ def _common(p: argparse.ArgumentParser, split: bool = True, max_new: bool = True
     p.add_argument("--steps", type=int, default=None, help="fixed steps per block instead of a threshold")
     p.add_argument("--confidence", default="low_confidence", choices=["low_confidence", "margin", "entropy", "random"])
     p.add_argument("--bos", action="store_true", help="start FIM prompts with the bos token")
+    p.add_argument("--eos-fill", action="store_true",
+                   help="once a block commits EOS, turn its later masks into EOS (not the reference's rule)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -122,7 +124,8 @@ def _decode_config(args, **kw):
 
     threshold = None if args.steps else getattr(args, "threshold", 0.9)
     return DecodeConfig(max_new_tokens=kw.pop("max_new_tokens"), block_size=args.block_size, threshold=threshold,
-                        steps_per_block=args.steps, confidence=args.confidence, seed=args.seed, **kw)
+                        steps_per_block=args.steps, confidence=args.confidence, seed=args.seed,
+                        eos_fill=getattr(args, "eos_fill", False), **kw)
 
 
 def _sandbox(args):
