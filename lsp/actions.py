@@ -23,7 +23,7 @@ from pygls.exceptions import (
 
 from assistant.api import CancelToken, EngineError, InstructModelRequired
 
-from .common import CMD_INSTRUCT, MAX_CONTEXT_CHARS, failed, jsonable
+from .common import CMD_INSTRUCT, MAX_CONTEXT_CHARS, ModelLoading, failed, jsonable
 from .textutil import window
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ async def run_command(ls: RemaskServer, args: tuple, *, instruction_required: bo
     except asyncio.CancelledError:
         raise
     except JsonRpcException as e:
-        if e.code != JsonRpcRequestCancelled.CODE:
-            ls.log(e.message, T.MessageType.Warning)
+        if e.code != JsonRpcRequestCancelled.CODE:  # "still loading" is an expected answer, not a warning
+            ls.log(e.message, T.MessageType.Info if isinstance(e, ModelLoading) else T.MessageType.Warning)
         raise
     except InstructModelRequired as e:
         ls.show(str(e), T.MessageType.Error)
@@ -174,9 +174,14 @@ async def _apply(ls: RemaskServer, args: tuple, *, instruction_required: bool) -
                f"the document is now at version {doc.version}")
         ls.log(msg, T.MessageType.Warning)
         return {"applied": False, "op": op, "reason": "stale", "version": version, "current": doc.version}
+    message = getattr(res, "message", None)
     if not res.edits:
-        ls.show("nothing to change" + (f" ({len(res.flagged)} tokens checked)" if op == "repair" else ""))
-        return {"applied": False, "op": op, "reason": "no change", "version": version}
+        # An empty answer is "no suggestion": nothing is applied (never a deletion), and the user is told why.
+        empty = bool(res.candidates) and getattr(res.candidates[0], "empty", False)
+        say = message or ("nothing to change" + (f" ({len(res.flagged)} tokens checked)" if op == "repair" else ""))
+        ls.show(say)
+        return {"applied": False, "op": op, "reason": "no suggestion" if empty else "no change", "message": say,
+                "version": version}
     edits = [T.TextEdit(range=ls.lsp_range(idx, ed.start + base, ed.end + base), new_text=ed.new_text)
              for ed in sorted(res.edits, key=lambda x: x.start)]
     if ls.client_supports("workspace.workspace_edit.document_changes"):
@@ -190,7 +195,9 @@ async def _apply(ls: RemaskServer, args: tuple, *, instruction_required: bool) -
     if not answer.applied:
         ls.log(f"the editor rejected the {op} edit: {answer.failure_reason or 'no reason given'}",
                T.MessageType.Warning)
+    elif message:  # applied, but the user should know: it does not parse, or some holes got no suggestion
+        ls.show(message, T.MessageType.Warning)
     stats = {k: v for k, v in (res.stats or {}).items() if jsonable(v)}
     return {"applied": bool(answer.applied), "version": version, "edits": len(edits), "op": op,
-            "flagged": len(getattr(res, "flagged", []) or []), "stats": stats,
+            "flagged": len(getattr(res, "flagged", []) or []), "stats": stats, "message": message,
             **({"reason": answer.failure_reason or "rejected by the editor"} if not answer.applied else {})}

@@ -31,6 +31,13 @@ def failed(message: str) -> JsonRpcException:
     return JsonRpcException(message=message, code=REQUEST_FAILED)
 
 
+class ModelLoading(JsonRpcException):
+    """The model is still loading: an expected answer (RequestFailed), logged at info level without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message=message, code=REQUEST_FAILED)
+
+
 def jsonable(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool, type(None)))
 
@@ -48,7 +55,8 @@ def guarded(fn: Callable) -> Callable:
             raise
         except JsonRpcException as e:
             if e.code != JsonRpcRequestCancelled.CODE:
-                ls.log(f"{fn.__name__}: {e.message}", T.MessageType.Warning)
+                level = T.MessageType.Info if isinstance(e, ModelLoading) else T.MessageType.Warning
+                ls.log(f"{fn.__name__}: {e.message}", level)
             raise
         except (EngineError, ConfigError) as e:
             ls.log(f"{fn.__name__}: {e}", T.MessageType.Warning)

@@ -15,6 +15,7 @@ from typing import Any
 from assistant.api import Settings
 
 SECTION = "remask"
+MIN_CONFIDENCE = 0.3
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
@@ -48,6 +49,9 @@ class ServerConfig:
     diagnostics_debounce_ms: int = 750
     diagnostics_threshold: float = 0.05  # a token below this probability gets a hint
     progress_delay_ms: int = 300  # only operations running longer than this show a progress bar
+    # Ghost text whose mean token confidence is below this is not shown (0: show everything). The default is
+    # measured with benchmarks/measure_min_confidence.py on the built-in model (BENCHMARKS.md).
+    min_confidence: float = MIN_CONFIDENCE
     features: Features = field(default_factory=Features)
 
     def settings(self, *, inline: bool = False) -> Settings:
@@ -169,4 +173,5 @@ _VALIDATORS = {
     "diagnostics_debounce_ms": _int(0, 60_000),
     "diagnostics_threshold": _float(0.0, 1.0),
     "progress_delay_ms": _int(0, 60_000),
+    "min_confidence": _float(0.0, 1.0),
 }

@@ -49,7 +49,16 @@ from pygls.protocol.language_server import lsp_method
 from assistant.api import Cancelled, CancelToken, EngineError, EngineStep
 
 from .actions import range_json, run_command
-from .common import CMD_APPLY, CMD_INSTRUCT, MAX_CONTEXT_CHARS, REQUEST_FAILED, failed, guarded, jsonable
+from .common import (
+    CMD_APPLY,
+    CMD_INSTRUCT,
+    MAX_CONTEXT_CHARS,
+    REQUEST_FAILED,
+    ModelLoading,
+    failed,
+    guarded,
+    jsonable,
+)
 from .config import SECTION, ConfigError, ServerConfig
 from .diagnostics import schedule_diagnostics
 from .documents import Document
@@ -114,6 +123,18 @@ class RemaskProtocol(LanguageServerProtocol):
             if isinstance(data, dict) and "id" in data and isinstance(data.get("method"), str):
                 return _MalformedRequest(data["id"], data["method"], _describe_structure_error(exc))
             raise
+
+    def _send_handler_result(self, future, *, msg_id):
+        # pygls logs every error answer as a traceback at ERROR level. An error that is an answer (the model is
+        # still loading, the document changed, bad params) was logged by the handler at its own level; only an
+        # internal error is a fault worth a traceback.
+        if not future.cancelled():
+            exc = future.exception()
+            if isinstance(exc, JsonRpcException) and not isinstance(exc, JsonRpcInternalError):
+                self._request_futures.pop(msg_id, None)
+                self._send_response(msg_id, error=exc.to_response_error())
+                return
+        super()._send_handler_result(future, msg_id=msg_id)
 
     def handle_message(self, message):
         if isinstance(message, _MalformedRequest):
@@ -320,7 +341,7 @@ class RemaskServer(LanguageServer):
             return self.engine
         if self.state == "failed":
             raise failed(self.state_detail + " (fix the model setting; see the log)")
-        raise failed(f"the model is still loading ({self.state_detail}); try again in a moment")
+        raise ModelLoading(f"the model is still loading ({self.state_detail}); try again in a moment")
 
     def engine_or_notice(self) -> Any:
         """The engine, or None after telling the user once that it is loading (for as-you-type requests)."""
@@ -468,6 +489,12 @@ class RemaskServer(LanguageServer):
                 del self._inline[doc.uri]
         if doc.version != version:
             return None  # typed on while we worked; the client asks again
+        conf = (res.stats or {}).get("confidence")
+        if conf is not None and conf < self.config.min_confidence:
+            # a guess the model itself doubts costs the user a read and a rejection: show nothing
+            log.info("ghost text hidden: mean confidence %.3f below minConfidence %.2f", conf,
+                     self.config.min_confidence)
+            return None
         ins = self.insertion(res, text, offset, base)
         if ins is None:
             return None
@@ -815,6 +842,9 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--inline-max-tokens", type=int, default=32, help="tokens of ghost text")
     p.add_argument("--candidates", type=int, default=3, help="versions Regenerate decodes (the best is applied)")
     p.add_argument("--debounce-ms", type=int, default=150, help="wait before answering as-you-type requests")
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="hide ghost text whose mean token confidence is below P (0 shows everything; default "
+                        f"{ServerConfig.min_confidence})")
     p.add_argument("--diagnostics", action="store_true", help="hint diagnostics for improbable tokens")
     p.add_argument("--verbose", "-v", action="store_true", help="log protocol traffic to stderr")
     p.add_argument("--load-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a long load
@@ -825,6 +855,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
            "threshold": args.threshold,
            "steps": args.steps, "temperature": args.temperature, "maxTokens": args.max_tokens,
            "inlineMaxTokens": args.inline_max_tokens, "candidates": args.candidates, "debounceMs": args.debounce_ms}
+    if args.min_confidence is not None:
+        raw["minConfidence"] = args.min_confidence
     if args.diagnostics:
         raw["features"] = {"diagnostics": True}
     return ServerConfig().updated(raw)

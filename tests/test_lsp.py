@@ -56,7 +56,9 @@ class Stack:
 '''
 
 
-OPTIONS = {"debounceMs": 0, "progressDelayMs": 0, "inlineMaxTokens": 8, "maxTokens": 8, "candidates": 1}
+# minConfidence 0: the random model is never confident, and these tests compare ghost text with the engine's.
+OPTIONS = {"debounceMs": 0, "progressDelayMs": 0, "inlineMaxTokens": 8, "maxTokens": 8, "candidates": 1,
+           "minConfidence": 0}
 
 
 def _env() -> dict[str, str]:
@@ -418,7 +420,8 @@ async def test_each_code_action_is_applied_as_a_versioned_edit(client, engine, t
             "fillAll": lambda: engine.fill_all(CODE, language="python", settings=settings())}[op]
     expected = call()
     if not expected.edits:
-        assert out["applied"] is False and out["reason"] == "no change"
+        assert out["applied"] is False
+        assert out["reason"] == ("no suggestion" if expected.candidates[0].empty else "no change")
         assert len(client.applied) == n_applied
         return
     assert out["applied"] is True and out["op"] == op and out["version"] == 2
@@ -454,6 +457,104 @@ async def test_incremental_changes_follow_the_lsp_line_rules_and_encoded_uris(cl
     (doc_edit,) = client.applied[-1].edit.document_changes
     assert doc_edit.text_document.uri == uri
     assert apply_text_edits(text, list(doc_edit.edits)) == expected.new_text
+
+
+async def test_code_actions_on_an_unsaved_plain_text_file_with_a_non_ascii_uri_while_edits_arrive(client):
+    """Before: textDocument/codeAction answered -32603 (IndexError: list index out of range) here, after a
+    remask.apply with a reversed range: the plain-text fallback of spans_at split lines at form feeds and lone
+    CRs differently from the LSP; and a reversed range is normalised, never an internal error."""
+    uri = f"untitled:Ünbenannt-{next(_counter)}"
+    text = "let a = 1;\rlet b = 2;\x0c\r\nfunction f(x) {\r  return x;\u2028}\n\nlet c = 3;\n"
+    client.text_document_did_open(T.DidOpenTextDocumentParams(
+        text_document=T.TextDocumentItem(uri=uri, language_id="plaintext", version=1, text=text)))
+    _opened.append((client, uri))
+    rev = {"start": {"line": 2, "character": 5}, "end": {"line": 0, "character": 1}}  # start after end
+    out = await run_action(client, T.CodeAction(title="x", command=T.Command(
+        title="x", command="remask.apply", arguments=[{"uri": uri, "version": 1, "op": "regenerate", "range": rev}])))
+    assert out["op"] == "regenerate" and out["version"] == 1
+    change_doc(client, uri, 2, T.Range(start=T.Position(line=1, character=3), end=T.Position(line=1, character=3)),
+               "\x0cé\r")
+    change_doc(client, uri, 3, T.Range(start=T.Position(line=4, character=0), end=T.Position(line=4, character=0)),
+               "b\u2028c")
+    text = "let a = 1;\rlet\x0cé\r b = 2;\x0c\r\nfunction f(x) {\rb\u2028c  return x;\u2028}\n\nlet c = 3;\n"
+    from assistant.positions import offset_to_position
+
+    where = sorted({offset_to_position(text, off) for off in range(len(text) + 1)})
+    titles = set()
+    for line, ch in where:  # every position of the document, as a cursor and as a reversed selection
+        for end in (T.Position(line=line, character=ch), T.Position(line=0, character=0)):
+            actions = await code_actions(client, uri, T.Position(line=line, character=ch), end)
+            titles.update(a.title.split(" (")[0] for a in actions)
+            for a in actions:
+                r = plain(a.command.arguments[0])["range"]
+                s = position_to_offset(text, r["start"]["line"], r["start"]["character"])  # strict: inside
+                e = position_to_offset(text, r["end"]["line"], r["end"]["character"])
+                assert 0 <= s <= e <= len(text)
+    assert {"Regenerate this line", "Regenerate this block", "Repair suspicious tokens"} <= titles, titles
+
+
+async def test_ghost_text_below_min_confidence_is_not_shown(client, engine):
+    """The random model is never confident: with a floor above its confidence, nothing is shown."""
+    uri = open_doc(client, CODE)
+    shown = []
+    for needle in ("return a + b", "def greet(name", "self.items"):
+        offset = CODE.index(needle) + len(needle)
+        if expected_ghost(engine, CODE, offset) is not None:
+            res = await client.text_document_inline_completion_async(inline_params(uri, pos_of(CODE, needle)))
+            assert len(res.items) == 1
+            shown.append(needle)
+    assert shown
+    conf = engine.fill(CODE, CODE.index(shown[0]) + len(shown[0]), language="python",
+                       settings=settings(inline=True)).stats["confidence"]
+    assert conf is not None and conf < 0.5
+    configure(client, minConfidence=0.5)
+    try:
+        assert (await status(client))["config"]["minConfidence"] == 0.5
+        for needle in shown:
+            res = await client.text_document_inline_completion_async(inline_params(uri, pos_of(CODE, needle)))
+            assert list(res.items) == []
+    finally:
+        configure(client, minConfidence=0)
+
+
+def _silent_checkpoint(folder: Path) -> Path:
+    """A real checkpoint that answers EOS at once, always (see tests/test_robustness.py)."""
+    import torch
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.testing import make_test_checkpoint
+
+    model, tok = load_checkpoint(make_test_checkpoint(folder.parent / (folder.name + "-src")))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 100.0
+        model.model.embed_tokens.weight[tok.eos_id, 0] = 200.0
+        model.model.norm.weight[0] = 1.0
+    return save_checkpoint(model, folder, tokenizer=tok)
+
+
+async def test_an_empty_answer_applies_nothing_and_says_why(tmp_path_factory):
+    """Before: an empty answer became an edit deleting the hole (fill), the holes (fill all) or the function."""
+    model = _silent_checkpoint(tmp_path_factory.mktemp("silent") / "silent")
+    c = await _start(["--model", str(model)], init_options={"remask": {**OPTIONS, "candidates": 2}})
+    try:
+        await wait_ready(c)
+        uri = open_doc(c, CODE)
+        actions = await code_actions(c, uri, pos_of(CODE, '"hello " + <FI'))
+        actions += [a for a in await code_actions(c, uri, pos_of(CODE, "return a + "))
+                    if a.title.startswith("Regenerate this function")]
+        assert [a.title for a in actions if a.title.split(" ")[0] in ("Fill", "Regenerate")][:1] == ["Fill hole"]
+        for title in ("Fill hole", "Fill all holes in file (2)", "Regenerate this function (lines 4-6)"):
+            action = next(a for a in actions if a.title == title)
+            out = await run_action(c, action)
+            assert out["applied"] is False and out["reason"] == "no suggestion", out
+            assert out["message"].startswith("no suggestion: the model answered nothing")
+        assert c.applied == []  # no workspace/applyEdit at all
+        await wait_for(lambda: sum("no suggestion" in m.message for m in c.messages) >= 3, "the messages")
+        res = await c.text_document_inline_completion_async(inline_params(uri, pos_of(CODE, "return a + b")))
+        assert list(res.items) == []
+    finally:
+        await c.shutdown_session()
+        await c.stop()
 
 
 async def test_edit_with_instruction_needs_an_instruct_model(client):

@@ -182,3 +182,21 @@ def test_span_labels_number_lines_in_the_whole_file():
     labels = [s.label for s in spans_at(window_text, window_text.index("return"), language="python",
                                         first_line=4001)]
     assert any("line 4002" in label for label in labels) and not any("line 2)" in label for label in labels)
+
+
+def test_min_confidence_setting_and_flag():
+    from lsp.config import MIN_CONFIDENCE
+    from lsp.server import add_arguments, config_from_args
+
+    assert ServerConfig().min_confidence == MIN_CONFIDENCE > 0  # on by default
+    assert ServerConfig().updated({"minConfidence": 0}).min_confidence == 0.0
+    assert ServerConfig().as_json()["minConfidence"] == MIN_CONFIDENCE
+    for bad in (1.5, -0.1, "high", None):
+        with pytest.raises(ConfigError, match="minConfidence"):
+            ServerConfig().updated({"minConfidence": bad})
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments("lsp", p)
+    assert config_from_args(p.parse_args([])).min_confidence == MIN_CONFIDENCE
+    assert config_from_args(p.parse_args(["--min-confidence", "0.05"])).min_confidence == 0.05
