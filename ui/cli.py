@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("model.cli", "describe a model folder or preset"),
     "corpus": ("training.cli", "build a training corpus from source folders"),
     "tokenizer": ("training.cli", "train a byte-level BPE tokenizer"),
-    "train": ("training.cli", "train: ar | bd | sft | pipeline | experiment"),
+    "train": ("training.cli", "train: ar | bd | sft | pipeline | experiment | adapt"),
     "eval": ("training.evals.cli", "evaluate: infilling, exact match, CanItEdit, speed"),
     "lsp": ("lsp.server", "start the language server (stdio, or --tcp HOST:PORT)"),
     "tui": ("ui.tui.cli", "open the terminal editor"),
