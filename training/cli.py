@@ -170,6 +170,9 @@ def _experiment(cfg, args: argparse.Namespace) -> int:
     if not cfg.init_from or args.steps is None:
         print("error: the experiment needs --init-from AR_CHECKPOINT and --steps N", file=sys.stderr)
         return 2
+    if args.data and len(args.data) > 1:
+        print("error: the experiment takes one --data PATH (the HumanEval-Infilling data)", file=sys.stderr)
+        return 2
     splits = [x.strip() for x in args.splits.split(",") if x.strip()]
     bad = [x for x in splits if x not in SPLITS]
     if bad or not splits:
