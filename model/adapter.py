@@ -31,8 +31,8 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # adaptation the MLP carries most of the new identifiers (QLoRA, Dettmers et al. 2023, found all-linear best).
 TARGET_MODULES: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],  # Dream family
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],  # SDAR
 }
 _SAMPLES_PER_TENSOR = 4096
 

@@ -326,3 +326,19 @@ def test_ar_checkpoint_adapts_with_next_token_loss_and_sft_pairs(tmp_path):
     rows = MixedRows(PackedData(corpus, "train", tok, 49, 0.5, fim_settings(j.cfg), 0), sft, rate=0.5)
     elig = [rows.row(0, i)[1] for i in range(16)]
     assert any(e.all() for e in elig) and any(not e[0] and e.any() for e in elig)
+
+
+@pytest.mark.parametrize("body", ["llama", "qwen2", "qwen3"])
+def test_default_targets_cover_every_projection_of_each_body(body):
+    from peft import LoraConfig, get_peft_model
+
+    from model.adapter import base_fingerprint, target_modules_for
+    from model.config import preset
+    from model.network import build_model
+
+    model = build_model(preset("test", body=body))
+    fp = base_fingerprint(model)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=target_modules_for(model)))
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in peft.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert base_fingerprint(peft.base_model.model) == fp
