@@ -108,3 +108,16 @@ def test_line_index_agrees_with_the_functions():
     with pytest.raises(EngineError):
         idx.position_to_offset(0, 99)
     assert idx.position_to_offset(0, 99, clamp=True) == TEXT.index("\n")
+
+
+def test_an_offset_between_cr_and_lf_is_the_end_of_its_line_in_every_encoding():
+    """Before: the character was one past the line's end (the \\r counted), a position no editor can express."""
+    text = "é😀x\r\nb\r\n\r\nend"
+    for enc, width in (("utf-16", 4), ("utf-8", 7), ("utf-32", 3)):
+        idx = LineIndex(text)
+        for cr in (i for i, c in enumerate(text) if c == "\r"):
+            line_end = offset_to_position(text, cr, enc)
+            assert offset_to_position(text, cr + 1, enc) == line_end, (enc, cr)
+            assert idx.offset_to_position(cr + 1, enc) == line_end, (enc, cr)
+            assert position_to_offset(text, *line_end, enc) == cr  # and it maps back to the line's end
+        assert offset_to_position(text, text.index("\r") + 1, enc) == (0, width)
