@@ -32,6 +32,10 @@ import torch
 from model.cache import BlockKVCache, PromptCache
 from model.checkpoint import CheckpointError, resolve_model
 from model.decoder import DecodeCancelled, DecodeConfig, DecodeResult, StepEvent, generate
+from model.families import capabilities as family_capabilities
+from model.families import family_of
+from model.families.run import block_options as family_block_options
+from model.families.run import infill_generate
 from model.network import forward_logits, remask_config, run_body
 
 from .api import (
@@ -70,6 +74,8 @@ class _Job:
 class _Prompt:
     ids: list[int]
     trimmed: bool
+    prefix_ids: list[int] | None = None  # the context as trimmed, for families that fill in place
+    suffix_ids: list[int] | None = None
 
 
 def unified_diff(old: str, new: str, name: str = "text") -> str:
@@ -182,6 +188,8 @@ class Engine:
         self.tok = tokenizer
         self.settings = settings or Settings()
         self.cfg = remask_config(model)
+        self.family = family_of(model)  # how the model decodes and lays out a fill
+        self.caps = family_capabilities(model)  # what this checkpoint can do
         self.device = next(model.parameters()).device
         self._lock = threading.RLock()
         # None: the model's own decoding (diffusion, or AR for a shifted checkpoint). "ar" forces one token per
@@ -301,7 +309,8 @@ class Engine:
         temperature = s.temperature if (n == 1 or s.temperature > 0) else s.candidate_temperature
         rs = replace(s, max_new_tokens=max_new, temperature=temperature)
         prompt = self._fim_prompt(job.prefix, job.suffix, rs)
-        res = self._generate([prompt.ids] * n, rs, hole.single_line, [hole.span(text)] * n, callback, cancel)
+        res = self._generate([prompt.ids] * n, rs, hole.single_line, [hole.span(text)] * n, callback, cancel,
+                             infill=[prompt] * n, hints=[span_tokens] * n)
         cands: dict[str | None, Candidate] = {}
         for i in range(n):
             out, empty = self._answer(job, self.tok.decode(res.tokens[i]))
@@ -333,7 +342,8 @@ class Engine:
             chunk_chars = int(3.5 * max(64, min(384, s.context_tokens // 4)))
             for cs, ce in self._chunks(text, start, end, chunk_chars):
                 prompt, span_ids, offsets, a, _job = self._span_prompt(text, cs, ce, s)
-                logp, best = self._token_logprobs(prompt.ids + span_ids + [self.eos], a, a + len(span_ids))
+                logp, best = self._token_logprobs(prompt.ids + span_ids + self._after_span(prompt), a,
+                                                  a + len(span_ids))
                 out += self._token_scores(text, span_ids, offsets, logp, best, cs, ce)
         return out
 
@@ -370,7 +380,7 @@ class Engine:
         self._check_range(text, start, end)
         if end <= start:
             raise EngineError("repair needs a non-empty span")
-        if self.cfg.logit_shift:
+        if "ar" in self.caps:
             raise EngineError("repair re-decodes tokens in place, which needs a block-diffusion model; "
                               "this checkpoint is autoregressive")
         s = settings or self.settings
@@ -378,7 +388,7 @@ class Engine:
         t0 = time.perf_counter()
         with self._lock:
             prompt, span_ids, offsets, a, job = self._span_prompt(text, start, end, s)
-            full = prompt.ids + span_ids + [self.eos]
+            full = prompt.ids + span_ids + self._after_span(prompt)
             logp, best, clean_kv = self._token_logprobs(full, a, a + len(span_ids), keep_kv=True)
             scores = self._token_scores(text, span_ids, offsets, logp, best, start, end)
             # Only tokens that overlap the user's span may be flagged (the region may add indentation).
@@ -395,7 +405,8 @@ class Engine:
             for i in flagged_idx:
                 canvas[a + i] = self.mask
             span = self._selection(text, start, end)
-            new_full, new_lp, stats = self._inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel,
+            inpaint = self._inpaint_full if self.family.attention == "full" else self._inpaint
+            new_full, new_lp, stats = inpaint(canvas, a, a + len(span_ids), s, [span], callback, cancel,
                                                     clean_kv=clean_kv)
         new_ids = self._whole_characters(span_ids, new_full[a: a + len(span_ids)], offsets, flagged_idx)
         out = _newlines_like(job, self.tok.decode(new_ids))
@@ -490,8 +501,8 @@ class Engine:
         return DecodeConfig(max_new_tokens=s.max_new_tokens, block_size=s.block_size,
                             threshold=None if s.steps else s.threshold, steps_per_block=s.steps,
                             confidence=s.confidence, temperature=s.temperature, seed=s.seed,
-                            mode=self.decode_mode or ("ar" if self.cfg.logit_shift else "diffusion"),
-                            stop_strings=("\n",) if stop_newline else ())
+                            mode=self.decode_mode or ("ar" if "ar" in self.caps else "diffusion"),
+                            stop_strings=("\n",) if stop_newline else (), **family_block_options(self.model))
 
     def _encode_trim_left(self, text: str, enc, k: int, line0: int = 0) -> tuple[list[int], bool]:
         """Ids of the end of ``text`` (encoded as ``enc``) in at most ``k`` tokens, cut at a line start.
@@ -596,8 +607,10 @@ class Engine:
             raise EngineError("max_new_tokens leaves no room for context in the model's "
                               f"{self.cfg.max_position_embeddings}-token window")
         p_ids, s_ids, trimmed = self._context(prefix, suffix, budget)
+        if self.family.infill != "fim_suffix_first":  # masks in place between prefix and suffix
+            return _Prompt(p_ids + [self.mask] + s_ids, trimmed, p_ids, s_ids)
         head = [self.bos] if self.tok.fim_bos else []  # the evidence is in Tokenizer.fim_bos
-        return _Prompt(head + [fs] + s_ids + [fp] + p_ids + [fm], trimmed)
+        return _Prompt(head + [fs] + s_ids + [fp] + p_ids + [fm], trimmed, p_ids, s_ids)
 
     def _span_prompt(self, text: str, start: int, end: int, s: Settings):
         """FIM prompt whose middle is the span's own tokens: (prompt, span ids, span offsets, index, job).
@@ -620,7 +633,13 @@ class Engine:
                               f"tokens; select less")
         rs = replace(s, max_new_tokens=0)
         prompt = self._fim_prompt(job.prefix, job.suffix, rs, reserve=len(span_ids) + 1)
+        if self.family.attention == "full":  # the span sits in place: prefix, span, suffix
+            prompt = _Prompt(list(prompt.prefix_ids or []), prompt.trimmed, prompt.prefix_ids, prompt.suffix_ids)
         return prompt, span_ids, offsets, len(prompt.ids), job
+
+    def _after_span(self, prompt: _Prompt) -> list[int]:
+        """What follows the span when it is scored: EOS after the FIM middle, or the suffix in place."""
+        return list(prompt.suffix_ids or []) if self.family.attention == "full" else [self.eos]
 
     @torch.no_grad()
     def _token_logprobs(self, ids: list[int], a: int, b: int, keep_kv: bool = False):
@@ -642,7 +661,23 @@ class Engine:
         x0 = torch.tensor(ids, dtype=torch.long)
         dev = self.device
         kv = None
-        if self.cfg.logit_shift:
+        if self.family.attention == "full":
+            # One row per span token, that token masked and everything else visible (prefix and suffix in
+            # place); shifted logits: position p is read from hidden state p - 1. Rows in bounded batches.
+            targets = list(range(a, b))
+            pos = torch.arange(L)
+            allowed = torch.ones(1, L, L, dtype=torch.bool)
+            parts = []
+            for c0 in range(0, len(targets), 16):
+                chunk = targets[c0: c0 + 16]
+                rows = x0.repeat(len(chunk), 1)
+                rows[torch.arange(len(chunk)), torch.tensor(chunk)] = self.mask
+                keep = (torch.tensor(chunk) - (1 if self.family.logit_shift else 0)).clamp_min(0)[:, None]
+                parts.append(forward_logits(self.model, rows.to(dev), pos.expand(len(chunk), -1).to(dev),
+                                            allowed.expand(len(chunk), -1, -1).to(dev), keep=keep.to(dev))
+                             .float()[:, 0])
+            logits = torch.cat(parts)
+        elif self.cfg.logit_shift:
             pos = torch.arange(L)
             allowed = pos[None, :] <= pos[:, None]
             logits = forward_logits(self.model, x0[None].to(dev), pos[None].to(dev), allowed[None].to(dev),
@@ -794,6 +829,33 @@ class Engine:
                  "tokens_per_forward": round(len(masked_pos) / max(nfe, 1), 3)}
         return x.tolist(), new_lp, stats
 
+    def _inpaint_full(self, canvas: list[int], a: int, b: int, s: Settings, spans: list[Span], callback, cancel,
+                      clean_kv=None) -> tuple[list[int], dict[int, float], dict]:
+        """Full-attention families: the masked positions of ``canvas`` decoded in place over the whole canvas
+        (the family's diffusion loop, one step per masked token)."""
+        from model.families.dream_decode import DreamConfig, dream_canvas_generate
+
+        n_mask = sum(1 for t in canvas if t == self.mask)
+
+        def on_step(step: int, x) -> None:
+            if callback is not None:
+                row = x[0, a:b].tolist()
+                pieces = [("", True) if t == self.mask else (self.tok.token_str(t), False) for t in row]
+                callback(EngineStep(step=step + 1, nfe=step + 1, elapsed_s=0.0, pieces=[pieces], committed=1,
+                                    spans=list(spans)))
+
+        try:
+            res = dream_canvas_generate(self.model, [canvas], DreamConfig(
+                steps=max(1, n_mask), temperature=s.temperature, seed=s.seed, top_k=None, alg="entropy"),
+                callback=on_step, cancel=self._cancel(cancel))
+        except DecodeCancelled as e:
+            raise Cancelled() from e
+        new = res.sequences[0]
+        new_lp = {p - a: res.logprobs[0][p] for p in range(a, b) if canvas[p] == self.mask}
+        stats = {"nfe": res.nfe, "steps": res.nfe, "tokens": n_mask,
+                 "tokens_per_forward": round(n_mask / max(res.nfe, 1), 3)}
+        return new, new_lp, stats
+
     def _batch_rows(self, tokens: int) -> int:
         """Rows per decode call whose KV cache of ``tokens`` positions fits KV_BUDGET_BYTES."""
         c = self.cfg
@@ -825,10 +887,15 @@ class Engine:
         return fixed if self.tok.decode(fixed).count("\ufffd") <= bad else list(old)
 
     def _generate(self, prompts: list[list[int]], s: Settings, stop_newline: bool, spans: list[Span],
-                  callback, cancel):
-        """Run the decoder over a batch, translating steps to EngineSteps and cancellation to Cancelled."""
-        dc = self._decode_config(s, stop_newline)
+                  callback, cancel, infill: list[_Prompt] | None = None, hints: list[int | None] | None = None):
+        """Run the decoder over a batch, translating steps to EngineSteps and cancellation to Cancelled.
+
+        ``infill``: the prompts' prefix/suffix ids, for families that fill in place (full attention); ``hints``:
+        a length per hole (a regenerated span's own length)."""
         check = self._cancel(cancel)
+        if self.family.attention == "full" and infill is not None:
+            return self._generate_in_place(infill, hints, s, stop_newline, spans, callback, check)
+        dc = self._decode_config(s, stop_newline)
 
         def on_step(ev: StepEvent, spans: list[Span]) -> None:
             pieces = []
@@ -870,6 +937,38 @@ class Engine:
                             texts=[t for r in parts for t in r.texts] if all(r.texts for r in parts) else None,
                             extra={"batches": len(parts)})
 
+    def _generate_in_place(self, prompts: list[_Prompt], hints, s: Settings, stop_newline: bool, spans, callback,
+                           check) -> DecodeResult:
+        """Full-attention families: each hole is filled in place between its prefix and suffix (Dream tries a
+        few canvas lengths in one batch and keeps the best; DreamOn's middle grows and shrinks)."""
+        stop_ids = [i for i in (self.tok.ids.get("dlm_pad"),) if i is not None]
+
+        def on_step(ev: StepEvent) -> None:
+            pieces = [[("", True) if t == ev.mask_id else (self.tok.token_str(t), False) for t in row]
+                      for row in ev.rows]
+            callback(EngineStep(step=ev.step, nfe=ev.nfe, elapsed_s=ev.elapsed_s, pieces=pieces,
+                                committed=sum(ev.committed), spans=list(spans)))
+
+        try:
+            with self._lock:
+                res = infill_generate(self.model, [(p.prefix_ids or [], p.suffix_ids or []) for p in prompts],
+                                      max_new_tokens=s.max_new_tokens, hints=hints, temperature=s.temperature,
+                                      seed=s.seed, stop_ids=stop_ids, callback=on_step if callback else None,
+                                      cancel=check)
+        except DecodeCancelled as e:
+            raise Cancelled() from e
+        except ValueError as e:
+            raise EngineError(str(e)) from e
+        if stop_newline:  # a single-line hole keeps its first line
+            for i, t in enumerate(res.tokens):
+                keep: list[int] = []
+                for tok in t:
+                    if "\n" in self.tok.decode(keep + [tok]):
+                        break
+                    keep.append(tok)
+                res.tokens[i], res.logprobs[i] = keep, res.logprobs[i][: len(keep)]
+        return res
+
     def _fill_holes(self, op: str, text: str, holes: list[Hole], parsed: Parsed, language, settings,
                     callback, cancel, rounds: int = 1) -> EditResult:
         """Fill ``holes`` in one batched decode per round.
@@ -898,7 +997,7 @@ class Engine:
             prompts = [self._fim_prompt(j.prefix, j.suffix, s) for j in jobs]
             trimmed = trimmed or any(p.trimmed for p in prompts)
             res = self._generate([p.ids for p in prompts], s, all(h.single_line for h in holes), spans,
-                                 callback, cancel)
+                                 callback, cancel, infill=prompts)
             nfe += res.nfe
             steps += res.steps
             answers = [self._answer(j, self.tok.decode(res.tokens[i])) for i, j in enumerate(jobs)]

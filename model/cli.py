@@ -79,6 +79,15 @@ def run(command: str, args: argparse.Namespace) -> int:
                 "kind": cfg.kind, "block_size": cfg.block_size, "layers": cfg.num_hidden_layers,
                 "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "context": cfg.max_position_embeddings,
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+        from .families import capabilities, family_of, family_reason
+
+        fam = family_of(model)
+        info.update({"family": fam.name, "family_title": fam.title, "body": fam.body, "attention": fam.attention,
+                     "logit_shift": fam.logit_shift, "decode": fam.decode, "infill": fam.infill,
+                     "mask_id": cfg.mask_token_id, "capabilities": sorted(capabilities(model)),
+                     "why": family_reason(model)})
+        if fam.attention == "full":
+            info["block_size"] = None  # the whole canvas is one block
         print(json.dumps(info, indent=2))
         return 0
     from .decoder import generate

@@ -175,6 +175,24 @@ def family_of(model_or_config: Any) -> Family:
     return get(cfg.family)
 
 
+def capabilities(model_or_config: Any) -> frozenset[str]:
+    """What a loaded checkpoint can do: its family's capabilities, adjusted by the checkpoint itself (an
+    autoregressive ``kind`` of a block family decodes one token per forward; an instruct one takes instructions)."""
+    from ..config import ModelConfig
+
+    cfg = model_or_config if isinstance(model_or_config, ModelConfig) else None
+    if cfg is None:
+        from ..network import remask_config
+
+        cfg = remask_config(model_or_config)
+    caps = set(get(cfg.family).capabilities)
+    if cfg.kind == "ar" or (cfg.logit_shift and get(cfg.family).attention != "full"):
+        caps.add("ar")
+    if cfg.instruct:
+        caps.add("instruct")
+    return frozenset(caps)
+
+
 def family_reason(model_or_config: Any) -> str:
     from ..config import ModelConfig
 

@@ -128,7 +128,6 @@ def dream_generate(model, prompts: Sequence[Sequence[int]], cfg: DreamConfig | N
         raise ValueError("every prompt needs at least one token")
     mcfg = remask_config(model)
     mask_id, pad_id = mcfg.mask_token_id, mcfg.pad_token_id
-    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     t0 = time.perf_counter()
     n, plen = len(prompts), max(len(p) for p in prompts)
@@ -142,6 +141,48 @@ def dream_generate(model, prompts: Sequence[Sequence[int]], cfg: DreamConfig | N
         x[i, plen - len(p): plen] = torch.tensor(list(p))
         x[i, : plen - len(p)] = pad_id
         real[i, : plen - len(p)] = False
+    x, logp_of, nfe = _denoise(model, x, real, cfg, gen, callback, cancel)
+    seqs, gens, lps = [], [], []
+    for i, p in enumerate(prompts):
+        row = x[i].tolist()
+        seqs.append(row[plen - len(p):])
+        gens.append(row[plen:])
+        lps.append([logp_of.get((i, c), 0.0) for c in range(plen, total)])
+    return DreamResult(sequences=seqs, generated=gens, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def dream_canvas_generate(model, canvases: Sequence[Sequence[int]], cfg: DreamConfig | None = None, *,
+                          callback: Callable[[int, torch.Tensor], None] | None = None,
+                          cancel: Callable[[], bool] | None = None) -> DreamResult:
+    """Denoise canvases that hold their masks in place (infilling: prefix, masks, suffix), left-padded to one
+    length. Each row's k per step comes from its own mask count, so canvases of several lengths share a batch
+    and each decodes as it would alone. ``logprobs[i][j]``: log p of canvas position j when it was committed."""
+    cfg = cfg or DreamConfig()
+    cfg.validate()
+    mcfg = remask_config(model)
+    n, width = len(canvases), max(len(c) for c in canvases)
+    if width > mcfg.max_position_embeddings:
+        raise ValueError(f"the canvas ({width} tokens) exceeds the model context ({mcfg.max_position_embeddings})")
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    t0 = time.perf_counter()
+    x = torch.full((n, width), mcfg.pad_token_id, dtype=torch.long)
+    real = torch.zeros(n, width, dtype=torch.bool)
+    for i, c in enumerate(canvases):
+        x[i, width - len(c):] = torch.tensor(list(c))
+        real[i, width - len(c):] = True
+    x, logp_of, nfe = _denoise(model, x, real, cfg, gen, callback, cancel, per_row_k=True)
+    seqs = [x[i, width - len(c):].tolist() for i, c in enumerate(canvases)]
+    lps = [[logp_of.get((i, width - len(c) + j), 0.0) for j in range(len(c))] for i, c in enumerate(canvases)]
+    return DreamResult(sequences=seqs, generated=seqs, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0)
+
+
+def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: torch.Generator | None,
+             callback, cancel, per_row_k: bool = False) -> tuple[torch.Tensor, dict[tuple[int, int], float], int]:
+    """The diffusion_generate loop over a left-padded canvas (``real`` marks non-pad positions)."""
+    n, total = x.shape
+    mask_id = remask_config(model).mask_token_id
+    device = next(model.parameters()).device
     pos = real.long().cumsum(-1) - 1
     pos.masked_fill_(~real, 1)
     eye = torch.eye(total, dtype=torch.bool)[None]
@@ -173,8 +214,13 @@ def dream_generate(model, prompts: Sequence[Sequence[int]], cfg: DreamConfig | N
                     logp_of[(r, c)] = float(torch.tensor(pr).clamp_min(1e-30).log())
         else:
             conf, x0, p = _propose(logits, cfg, gen)
-            n_mask = mask_index.sum() / mask_index.shape[0]
-            k = int(n_mask * (1 - s / t)) if step < cfg.steps - 1 else int(n_mask)
+            if per_row_k:  # rows with different numbers of masks (several canvas lengths in one batch)
+                counts = mask_index.sum(1).tolist()
+                ks = [int(torch.tensor(float(c)) * (1 - s / t)) if step < cfg.steps - 1 else c for c in counts]
+            else:  # the published rule: the batch's average mask count
+                n_mask = mask_index.sum() / mask_index.shape[0]
+                ks = [int(n_mask * (1 - s / t)) if step < cfg.steps - 1 else int(n_mask)] * n
+            k = max(ks)
             if k > 0:
                 full = torch.full(x.shape, -torch.inf, dtype=conf.dtype, device=conf.device)
                 full[mask_index] = conf
@@ -188,19 +234,13 @@ def dream_generate(model, prompts: Sequence[Sequence[int]], cfg: DreamConfig | N
                 prob = torch.zeros(x.shape, dtype=p.dtype, device=p.device)
                 prob[mask_index] = p
                 for r in range(n):
-                    for c in pick[r].tolist():
+                    for c in pick[r, : ks[r]].tolist():
                         if mask_index[r, c]:  # never a non-mask position (see the module note)
                             x[r, c] = proposal[r, c]
                             logp_of[(r, c)] = float(prob[r, c].clamp_min(1e-30).log())
         if callback is not None:
             callback(step, x)
-    seqs, gens, lps = [], [], []
-    for i, p in enumerate(prompts):
-        row = x[i].tolist()
-        seqs.append(row[plen - len(p):])
-        gens.append(row[plen:])
-        lps.append([logp_of.get((i, c), 0.0) for c in range(plen, total)])
-    return DreamResult(sequences=seqs, generated=gens, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0)
+    return x.cpu(), logp_of, nfe
 
 
 @torch.no_grad()

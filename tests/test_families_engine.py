@@ -1,0 +1,108 @@
+"""The engine on a checkpoint of each family, asking the family what it can do: fill, regenerate, repair and
+score run once per family; the full-attention families fill in place (Dream tries several canvas lengths in one
+batch, DreamOn's middle changes length), SDAR goes through the block decoder with its own commit rule; and
+``remask info`` says which family and why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from assistant.api import Settings
+from assistant.engine import Engine
+from model import load_checkpoint
+from model.families import capabilities, family_of
+from model.families.testing import write_family_checkpoint
+
+SRC = "def mean(xs):\n    total = 0\n    for x in xs:\n        <FILL>\n    return total / len(xs)\n"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fam-engine")
+    return {"sdar": write_family_checkpoint(root / "sdar", "sdar", seed=5, hidden=32, layers=1),
+            "dream": write_family_checkpoint(root / "dream", "dream", seed=6, hidden=32, layers=1),
+            "dreamon": write_family_checkpoint(root / "dreamon", "dreamon", seed=7, hidden=32, layers=1,
+                                               boost={"<|expand|>": 2.5, "<|endoftext|>": 2.0})}
+
+
+@pytest.mark.parametrize("name", ["sdar", "dream", "dreamon"])
+def test_fill_regenerate_repair_and_score_run_on_each_family(folders, name) -> None:
+    model, tok = load_checkpoint(folders[name])
+    eng = Engine(model, tok, Settings(max_new_tokens=12))
+    assert eng.family.name == name
+    steps = []
+    r = eng.fill(SRC, SRC.index("<FILL>"), callback=steps.append)
+    assert r.candidates and steps and "<FILL>" not in r.candidates[0].new_text or r.candidates[0].empty
+    a = SRC.index("total = 0")
+    b = a + len("total = 0")
+    r = eng.regenerate(SRC, a, b, n=2)
+    assert r.candidates and all(c.new_text.startswith("def mean(xs):\n") for c in r.candidates)
+    text = SRC.replace("<FILL>", "total += x")
+    a = text.index("total += x")
+    scores = eng.score(text, a, a + len("total += x"))
+    assert scores and all(0 <= s.prob <= 1 for s in scores)
+    rep = eng.repair(text, a, a + len("total += x"))
+    assert rep.candidates and rep.stats["scored"] >= 1
+
+
+def test_sdar_fill_uses_its_commit_rule(folders, monkeypatch) -> None:
+    import model.decoder as dec
+
+    seen = []
+    real = dec.propose
+    monkeypatch.setattr(dec, "propose", lambda lg, cfg, sch, gen: (seen.append(cfg.commit_rule), real(lg, cfg, sch,
+                                                                                                         gen))[1])
+    model, tok = load_checkpoint(folders["sdar"])
+    Engine(model, tok, Settings(max_new_tokens=8)).fill(SRC, SRC.index("<FILL>"))
+    assert seen and set(seen) == {"sdar"}
+
+
+def test_dream_fill_tries_several_canvas_lengths_in_one_batch(folders, monkeypatch) -> None:
+    from model.families import dream_decode
+
+    batches = []
+
+    orig = dream_decode.dream_canvas_generate
+
+    def spy(model, canvases, cfg=None, **kw):
+        batches.append([len(c) for c in canvases])
+        return orig(model, canvases, cfg, **kw)
+
+    monkeypatch.setattr(dream_decode, "dream_canvas_generate", spy)
+    model, tok = load_checkpoint(folders["dream"])
+    r = Engine(model, tok, Settings(max_new_tokens=12)).fill(SRC, SRC.index("<FILL>"))
+    assert len(batches) == 1 and len(set(batches[0])) == 3  # lengths 3, 6 and 12 in one call
+    assert r.candidates
+
+
+def test_dreamon_fill_gets_its_length_from_the_model(folders) -> None:
+    """No length guess: the middle starts at 4 masks and ends at whatever the expand/delete loop made it."""
+    from model.families.run import infill_generate
+
+    model, tok = load_checkpoint(folders["dreamon"])
+    ids = tok.encode(SRC)
+    cut = SRC.index("<FILL>")
+    pre, suf = tok.encode(SRC[:cut]), tok.encode(SRC[cut + len("<FILL>"):])
+    lengths = set()
+    for k in range(4):
+        res = infill_generate(model, [(pre[: len(pre) - k], suf)], max_new_tokens=16)
+        lengths.add(len(res.tokens[0]))
+    assert ids and len(lengths) > 1
+
+
+@pytest.mark.parametrize("name,why", [("sdar", "SDARForCausalLM"), ("dreamon", "expand token")])
+def test_info_prints_family_attention_block_mask_capabilities_and_why(folders, name, why) -> None:
+    out = subprocess.run([sys.executable, "-m", "ui.cli", "info", "--model", str(folders[name])],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads(out.stdout)
+    model, _ = load_checkpoint(folders[name])
+    fam = family_of(model)
+    assert info["family"] == name and why in info["why"] and info["attention"] == fam.attention
+    assert info["mask_id"] == model.remask_config.mask_token_id
+    assert info["capabilities"] == sorted(capabilities(model))
+    assert info["block_size"] == (4 if name == "sdar" else None)
