@@ -19,6 +19,7 @@ import torch
 
 from training.adapt import ADAPT_DEFAULTS, AdaptJob, EvalSettings, LoraSettings, run_adapt, source_files
 from training.config import TrainConfig, apply_overrides
+from training.trainer import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLE = "import zorblax\n\n\ndef process_frame_77_0(frames, signal):\n    <FILL>\n"
@@ -230,6 +231,10 @@ def test_killed_adapt_resumes_to_the_same_adapter(tmp_path, test_model_dir):
     assert not (tmp_path / "resumed" / "adapter_card.json").exists()
     state = json.loads((tmp_path / "resumed" / "train" / "checkpoint" / "training_state.json").read_text())
     assert state["step"] == 2
+    other = mk("resumed")
+    other.lora.r = 8
+    with pytest.raises(TrainingError, match="r 16"):  # another rank would mistrain the saved state: refused
+        run_adapt(other, log=lambda s: None)
     logs = []
     resumed = run_adapt(mk("resumed"), log=logs.append)
     assert any("resuming from step 2" in m for m in logs)

@@ -391,6 +391,14 @@ class _Run:
         micro = cfg.batch_size // cfg.grad_accum
 
         targets = job.lora.target_modules or target_modules_for(model)
+        # What a resumed run must keep: another rank, targets, row length or batch would mistrain the saved state.
+        shape = {"r": job.lora.r, "alpha": job.lora.alpha or 2 * job.lora.r, "target_modules": sorted(targets),
+                 "seq_len": cfg.seq_len, "batch_size": cfg.batch_size}
+        if state is not None and state.get("shape", shape) != shape:
+            diff = ", ".join(f"{k} {state['shape'].get(k)!r} (now {v!r})" for k, v in shape.items()
+                             if state["shape"].get(k) != v)
+            raise TrainingError(f"{self.ckpt} was trained with {diff}: resume with the same values, or choose another "
+                                "--out")
         lcfg = LoraConfig(r=job.lora.r, lora_alpha=job.lora.alpha or 2 * job.lora.r, lora_dropout=job.lora.dropout,
                           target_modules=targets, bias="none")
         torch.manual_seed(cfg.seed)  # LoRA A's initialisation and dropout: a rerun is the same run
@@ -483,7 +491,7 @@ class _Run:
             weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
             st = {"stage": "adapt", "step": step, "max_steps": job.steps, "finished": finished, "elapsed_s": elapsed,
                   "tokens": tokens_seen, "optimizer": meta, "before": before, "base_fingerprint": fingerprint,
-                  "base_path": str(model_dir), "model_kind": mc.kind}
+                  "base_path": str(model_dir), "model_kind": mc.kind, "shape": shape}
 
             def fill(tmp: Path) -> None:
                 from safetensors.torch import save_file
