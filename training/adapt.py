@@ -470,7 +470,7 @@ class _Run:
             self.log(f"adapt: resuming from step {start} ({self.ckpt})")
         else:
             self.log(f"adapt: {objective} objective, LoRA r={job.lora.r} on {','.join(targets)} "
-                     f"({n_trainable / 1e6:.2f}M trainable of {mc.num_parameters() / 1e6:.0f}M), "
+                     f"({n_trainable / 1e6:.2f}M trainable of {mc.num_parameters() / 1e6:.1f}M), "
                      f"{info['files']['train']} training / {info['files']['heldout']} held-out files; "
                      "measuring the base on the held-out files")
             net.train()
