@@ -61,6 +61,7 @@ def test_an_empty_answer_says_no_suggestion_and_offers_the_code_unchanged():
     status, live, diff, code, radio, details, state = _final(
         "fill", _result("fill", [_cand([], float("-inf"), empty=True)], "no suggestion: the model answered nothing"))
     assert "no suggestion" in status and status.count("no suggestion") == 1
+    assert status.startswith("**fill** · no change") and "done" not in status
     assert code == TEXT and "no change" in diff and "no suggestion" in live
     assert details["edits"] == [] and details["empty"] is True and details["score"] is None  # never -inf
     # without the engine's message (the result left the text as it was): still said

@@ -598,6 +598,8 @@ class DemoApp:
         order = sorted(range(len(state["candidates"])), key=lambda i: state["candidates"][i]["empty"])
         best_i = order[0]
         best = state["candidates"][best_i]
+        if best["empty"] or (best["new_text"] == text and not best["edits"]):
+            status = status.replace(f"**{op}** done", f"**{op}** · no change", 1)  # not "done": nothing was
         status += self._notes(text, best, getattr(result, "message", None))
         live = self._final_live(text, result) if not best["empty"] else \
             '<pre class="rm-code"><span class="rm-empty">no suggestion</span></pre>'
