@@ -33,6 +33,9 @@ def test_every_option_has_help_and_a_meaningful_metavar(command):
 
 
 def test_every_config_field_is_an_option_with_help():
+    from training.config import FIELD_HELP
+
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(FIELD_HELP)  # a new field needs its help
     text = _parser().format_help()
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("preset", "time_budget_min"):  # train's own --preset / --time-budget-min
