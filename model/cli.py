@@ -90,7 +90,7 @@ def run(command: str, args: argparse.Namespace) -> int:
             info["block_size"] = None  # the whole canvas is one block
         print(json.dumps(info, indent=2))
         return 0
-    from .decoder import generate
+    from .families.run import family_generate
 
     if tok is None:
         print("error: this model has no tokenizer; generate needs one", file=sys.stderr)
@@ -99,7 +99,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
     dc = decode_config_from_args(args, mode=args.mode)
     try:
-        res = generate(model, [ids], dc, tokenizer=tok)
+        res = family_generate(model, [ids], dc, tokenizer=tok)  # the family's own loop and commit rule
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -106,3 +106,24 @@ def test_info_prints_family_attention_block_mask_capabilities_and_why(folders, n
     assert info["mask_id"] == model.remask_config.mask_token_id
     assert info["capabilities"] == sorted(capabilities(model))
     assert info["block_size"] == (4 if name == "sdar" else None)
+
+
+def test_generate_runs_each_family_with_its_own_loop(folders) -> None:
+    """``remask generate``'s path: SDAR's commit rule through the block decoder, Dream's diffusion_generate (cut at
+    EOS), DreamOn's expand/delete loop."""
+    from model import DecodeConfig, generate
+    from model.families.dream_decode import DreamConfig, dream_generate
+    from model.families.run import block_options, family_generate
+
+    m, tok = load_checkpoint(folders["sdar"])
+    ids = tok.encode("def f(x):")
+    dc = DecodeConfig(max_new_tokens=10)
+    assert family_generate(m, [ids], dc).tokens == generate(m, [ids], DecodeConfig(max_new_tokens=10,
+                                                                                    **block_options(m))).tokens
+    m, tok = load_checkpoint(folders["dream"])
+    got = family_generate(m, [ids], DecodeConfig(max_new_tokens=10, confidence="entropy"), tokenizer=tok)
+    want = dream_generate(m, [ids], DreamConfig(max_new_tokens=10, steps=10, alg="entropy")).generated[0]
+    eos = m.remask_config.eos_token_id
+    assert got.tokens[0] == (want[: want.index(eos)] if eos in want else want) and got.texts
+    m, tok = load_checkpoint(folders["dreamon"])
+    assert family_generate(m, [ids], DecodeConfig(max_new_tokens=10)).tokens[0] is not None

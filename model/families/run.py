@@ -118,3 +118,44 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
     return DecodeResult(tokens=toks, logprobs=lps, commit_steps=[[0] * len(t) for t in toks], finish=fin,
                         nfe=res.nfe, steps=res.nfe, elapsed_s=res.elapsed_s,
                         extra={"family": fam.name, "canvas_lengths": sorted({n for _, n, _ in rows})})
+
+
+# DecodeConfig.confidence -> the Dream family's alg of the same rule.
+DREAM_ALG = {"low_confidence": "maskgit_plus", "margin": "topk_margin", "entropy": "entropy", "random": "origin"}
+
+
+def family_generate(model, prompts: Sequence[Sequence[int]], cfg, *, tokenizer=None, callback=None, cancel=None):
+    """Continue each prompt with the model's own family loop (``remask generate``); returns a ``DecodeResult``.
+
+    Block families: ``model.decoder.generate`` with the family's commit rule. Dream: ``diffusion_generate`` with
+    ``max_new_tokens`` masks after the prompt (steps: ``steps_per_block`` or one per token), cut at EOS. DreamOn:
+    its expand/delete loop with an empty suffix (the middle grows up to ``max_new_tokens``)."""
+    from dataclasses import replace
+
+    from ..decoder import DecodeResult, generate
+    from ..network import remask_config
+    from .dream_decode import DreamConfig, dream_generate
+
+    fam = family_of(model)
+    if fam.attention != "full":
+        return generate(model, prompts, replace(cfg, **block_options(model)), tokenizer=tokenizer,
+                        callback=callback, cancel=cancel)
+    mcfg = remask_config(model)
+    if fam.can("expand_delete"):
+        res = infill_generate(model, [(p, []) for p in prompts], max_new_tokens=cfg.max_new_tokens,
+                              steps=cfg.steps_per_block, temperature=cfg.temperature, seed=cfg.seed, cancel=cancel)
+    else:
+        out = dream_generate(model, prompts, DreamConfig(
+            max_new_tokens=cfg.max_new_tokens, steps=cfg.steps_per_block or cfg.max_new_tokens,
+            alg=DREAM_ALG[cfg.confidence], temperature=cfg.temperature, seed=cfg.seed), cancel=cancel)
+        toks, lps, fin = [], [], []
+        for g, lp in zip(out.generated, out.logprobs, strict=True):
+            cut = g.index(mcfg.eos_token_id) if cfg.stop_at_eos and mcfg.eos_token_id in g else None
+            toks.append(g[:cut] if cut is not None else g)
+            lps.append(lp[: len(toks[-1])])
+            fin.append("eos" if cut is not None else "length")
+        res = DecodeResult(tokens=toks, logprobs=lps, commit_steps=[[0] * len(t) for t in toks], finish=fin,
+                           nfe=out.nfe, steps=out.nfe, elapsed_s=out.elapsed_s, extra={"family": fam.name})
+    if tokenizer is not None:
+        res.texts = [tokenizer.decode(t) for t in res.tokens]
+    return res

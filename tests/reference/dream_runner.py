@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 import types
 
 import torch
@@ -40,17 +41,19 @@ def main() -> None:
     torch.manual_seed(0)
     model = modeling.DreamModel.from_pretrained(job["folder"], torch_dtype=torch.float32).eval()
     cfg = model.config
-    out = []
+    out, seconds = [], []
     if job["mode"] == "dream":
         for c in job["cases"]:
             rows = c["rows"]
             L = max(len(r) for r in rows)
             ids = torch.tensor([[cfg.pad_token_id] * (L - len(r)) + r for r in rows])
             am = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+            t0 = time.perf_counter()
             x = model.diffusion_generate(ids, attention_mask=am, max_new_tokens=c["max_new_tokens"],
                                          steps=c["steps"], alg=c["alg"], temperature=0.0,
                                          **({"top_k": c["top_k"]} if "top_k" in c else {}),
                                          output_history=False, return_dict_in_generate=False)
+            seconds.append(time.perf_counter() - t0)
             out.append(x[:, L:].tolist())
     else:
         spec = importlib.util.spec_from_file_location("dreamon_eval", f"{job['reference']}/dreamon_eval_generator.py")
@@ -65,11 +68,13 @@ def main() -> None:
                 eps=1e-3, steps=c["steps"], alg=c["alg"], alg_temp=None, delete_eos_token=True)
             g = gen_mod.MDMGenerator(args, model, ids)
             prompt = c["prefix"] + [cfg.mask_token_id] * c["min_gen_len"] + c["suffix"] + [cfg.eos_token_id]
+            t0 = time.perf_counter()
             x, n_gen = g.batch_generate_with_expand_as_token(torch.tensor([prompt]))
+            seconds.append(time.perf_counter() - t0)
             window = len(prompt) - c["min_gen_len"] + n_gen
             out.append({"window": x[0, :window].tolist(), "middle_len": int(n_gen),
                         "middle": x[0, len(c["prefix"]): len(c["prefix"]) + n_gen].tolist()})
-    print(json.dumps({"transformers": transformers.__version__, "out": out}))
+    print(json.dumps({"transformers": transformers.__version__, "out": out, "seconds": seconds}))
 
 
 if __name__ == "__main__":

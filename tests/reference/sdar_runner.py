@@ -25,6 +25,7 @@ import importlib.machinery
 import importlib.util
 import json
 import sys
+import time
 import types
 
 import torch
@@ -161,14 +162,17 @@ def main() -> None:
         calls.append((int(kw["position_ids"][0, 0]), ids[0].tolist()))
 
     model.register_forward_pre_hook(record, with_kwargs=True)
+    seconds = []
     for c in job["cases"]:
         ids = torch.tensor([c["prompt"]], dtype=torch.long)
         calls.clear()
+        t0 = time.perf_counter()
         x = generate.block_diffusion_generate(
             model, {"input_ids": ids}, c["mask_id"], gen_length=c["gen_length"], block_length=c["block_length"],
             denoising_steps=c["steps"], temperature=0.0 if job.get("greedy", True) else 1.0,
             remasking_strategy=c["strategy"], confidence_threshold=c.get("threshold") or 0.85,
             stopping_criteria_idx=[c["eos_id"]])
+        seconds.append(time.perf_counter() - t0)
         row = x[0].tolist()
         intact.append(row[: len(c["prompt"])] == c["prompt"])
         # Did a step write over a position that was no longer a mask (its top-k reaching past the masks)?
@@ -183,7 +187,7 @@ def main() -> None:
                 gen = gen[: gen.index(stop)]
         out.append(gen)
     print(json.dumps({"transformers": transformers.__version__, "tokens": out, "prompt_intact": intact,
-                      "overwrote": overwrote}))
+                      "overwrote": overwrote, "seconds": seconds}))
 
 
 if __name__ == "__main__":
