@@ -30,15 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_requests(n: int, n_predict: int) -> list[dict]:
+def make_requests(n: int, n_predict: int, before: int = 256, after: int = 64) -> list[dict]:
     lines = (ROOT / "assistant" / "engine.py").read_text().splitlines(keepends=True)
     out = []
     for i in range(n):
         y = 60 + (i * 977) % (len(lines) - 120)
         cur = lines[y]
         x = max(1, len(cur.rstrip("\n")) // 2)
-        out.append({"input_prefix": "".join(lines[max(0, y - 256): y]), "prompt": cur[:x],
-                    "input_suffix": cur[x:] + "".join(lines[y + 1: y + 65]), "n_predict": n_predict,
+        out.append({"input_prefix": "".join(lines[max(0, y - before): y]), "prompt": cur[:x],
+                    "input_suffix": cur[x:] + "".join(lines[y + 1: y + 1 + after]), "n_predict": n_predict,
                     "cache_prompt": True, "samplers": ["top_k", "top_p", "infill"], "t_max_prompt_ms": 500,
                     "stream": False})
     return out
@@ -49,34 +49,42 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def in_process(model: str | None, reqs: list[dict]) -> tuple[list[float], int, float]:
-    """Latencies (ms) and tokens of the requests decoded here one after another, as the server's worker does."""
-    from serve.app import ServeConfig, Server
-    from serve.scheduler import Completion
+class InProcess:
+    """The requests decoded by this process with no HTTP, as the server's worker decodes a batch of one."""
 
-    srv = Server(ServeConfig(model=model))
-    sch = srv.scheduler
-    sch.engine = srv._load()
-    sch.state = "ready"
-    from model.decoder import generate
+    def __init__(self, model: str | None) -> None:
+        from serve.app import ServeConfig, Server
 
-    eng = sch.engine
-    lat, tokens = [], 0
-    t_all = time.perf_counter()
-    for r in reqs:
-        t0 = time.perf_counter()
-        c = Completion(prefix=r["input_prefix"] + r["prompt"], suffix=r["input_suffix"], max_new=r["n_predict"])
-        ids, _ = sch.prompt_ids(c)
+        srv = Server(ServeConfig(model=model))
+        self.sch = srv.scheduler
+        self.sch.engine = srv._load()
+        self.sch.state = "ready"
+
+    def run(self, r: dict) -> tuple[float, int]:
         from dataclasses import replace
 
+        from model.decoder import generate
+        from serve.scheduler import Completion
+
+        eng = self.sch.engine
+        t0 = time.perf_counter()
+        c = Completion(prefix=r["input_prefix"] + r["prompt"], suffix=r["input_suffix"], max_new=r["n_predict"])
+        ids, _ = self.sch.prompt_ids(c)
         dc = eng._decode_config(replace(eng.settings, max_new_tokens=c.max_new, temperature=0.0, seed=0))
         with eng._lock:
             res = generate(eng.model, [ids], dc, tokenizer=eng.tok, callback=lambda ev: None,
                            prompt_cache=eng.prompt_cache)
         eng.tok.decode(res.tokens[0])
-        tokens += len(res.tokens[0])
-        lat.append((time.perf_counter() - t0) * 1000)
-    return lat, tokens, time.perf_counter() - t_all
+        return (time.perf_counter() - t0) * 1000, len(res.tokens[0])
+
+
+def one(port: int, r: dict, conn: http.client.HTTPConnection) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    conn.request("POST", "/infill", json.dumps(r), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    d = json.loads(resp.read())
+    assert resp.status == 200, d
+    return (time.perf_counter() - t0) * 1000, d["tokens_predicted"]
 
 
 def start_server(model: str | None, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -140,6 +148,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model folder (default: the built-in model)")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--n-predict", type=int, default=32)
+    ap.add_argument("--before", type=int, default=256, help="lines of prefix (llama.vim's n_prefix)")
+    ap.add_argument("--after", type=int, default=64, help="lines of suffix (llama.vim's n_suffix)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads, here and in the server (1: a busy 2-core machine thrashes with more)")
     a = ap.parse_args()
@@ -148,18 +158,40 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    reqs = make_requests(a.requests, a.n_predict)
+    reqs = make_requests(a.requests, a.n_predict, a.before, a.after)
     rows = []
-    lat, tok, wall = in_process(a.model, reqs[:4])  # warm-up (first calls pay one-time costs)
-    lat, tok, wall = in_process(a.model, reqs)
-    rows.append(("in process, one after another", lat, tok, wall))
-    base_p50 = statistics.median(lat)
+    local = InProcess(a.model)
     p, port = start_server(a.model, [])
     try:
-        clients(port, reqs[:4], 1)  # warm-up
-        for n in (1, 4, 16):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for r in reqs[:4]:  # warm-up: first calls pay one-time costs
+            local.run(r)
+            one(port, r, conn)
+        # Paired: each request in process, then through the server, so that load changes hit both alike.
+        lat_in, lat_srv, diffs, tok = [], [], [], 0
+        t_in = t_srv = 0.0
+        for r in reqs:
+            a_ms, n = local.run(r)
+            b_ms, _ = one(port, r, conn)
+            lat_in.append(a_ms)
+            lat_srv.append(b_ms)
+            diffs.append(b_ms - a_ms)
+            tok += n
+            t_in += a_ms / 1000
+            t_srv += b_ms / 1000
+        # The server's own cost, where decoding is small enough not to hide it: a one-line prompt, 1 token.
+        tiny = {"input_prefix": "def f(x):\n    return", "input_suffix": "\n", "prompt": "", "n_predict": 1}
+        probe = []
+        for _ in range(30):
+            a_ms, _ = local.run(tiny)
+            b_ms, _ = one(port, tiny, conn)
+            probe.append(b_ms - a_ms)
+        conn.close()
+        rows.append(("in process, one after another", lat_in, tok, t_in))
+        rows.append(("server, 1 client", lat_srv, tok, t_srv))
+        for n in (4, 16):
             lat, tok, wall = clients(port, reqs, n)
-            rows.append((f"server, {n} client{'s' if n > 1 else ''}", lat, tok, wall))
+            rows.append((f"server, {n} clients", lat, tok, wall))
     finally:
         p.terminate()
         p.wait(30)
@@ -172,13 +204,14 @@ def main() -> int:
         p.terminate()
         p.wait(30)
     one_at_a_time = rows[-1][2] / rows[-1][3]
-    print(f"{a.requests} /infill requests, n_predict {a.n_predict}, llama.vim-shaped (256 lines before, 64 after)\n")
-    print("| setup | p50 ms | p95 ms | p50 - in-process p50 | tokens | wall s | aggregate tokens/s | "
-          "vs one at a time |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"{a.requests} /infill requests, n_predict {a.n_predict}, llama.vim-shaped ({a.before} lines before the "
+          f"cursor, {a.after} after); server overhead (paired, p50 of server - in process per request): "
+          f"{statistics.median(diffs):+.1f} ms; on a 1-token request: {statistics.median(probe):+.1f} ms\n")
+    print("| setup | p50 ms | p95 ms | tokens | wall s | aggregate tokens/s | vs one at a time |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for name, lat, tok, wall in rows:
-        print(f"| {name} | {statistics.median(lat):.1f} | {pct(lat, 0.95):.1f} | "
-              f"{statistics.median(lat) - base_p50:+.1f} | {tok} | {wall:.2f} | {tok / wall:.1f} | "
-              f"{tok / wall / one_at_a_time:.2f}x |")
+        print(f"| {name} | {statistics.median(lat):.1f} | {pct(lat, 0.95):.1f} | {tok} | {wall:.2f} | "
+              f"{tok / wall:.1f} | {tok / wall / one_at_a_time:.2f}x |")
     return 0
 
 

@@ -298,7 +298,7 @@ def _timings(r: CompletionResult) -> dict:
             "predicted_n": r.tokens_predicted, "predicted_ms": round(r.predicted_ms, 3),
             "predicted_per_token_ms": round(r.predicted_ms / max(r.tokens_predicted, 1), 3),
             "predicted_per_second": round(r.tokens_predicted / max(r.predicted_ms / 1000, 1e-9), 3),
-            "batch_rows": r.batch_size, "forwards": r.nfe}
+            "batch_rows": r.batch_size, "forwards": r.nfe, "queued_ms": round(r.queued_ms, 3)}
 
 
 def _pick_fields(d: dict, fields: list[str] | None) -> dict:

@@ -68,6 +68,7 @@ class CompletionResult:
     predicted_ms: float
     batch_size: int
     nfe: int = 0
+    queued_ms: float = 0.0  # from submission to the start of its batch (prompt building included)
 
 
 @dataclass
@@ -351,7 +352,8 @@ class Scheduler:
             res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks),
                                    prompt_tokens=len(prompts[k][0]), tokens_cached=reused,
                                    truncated=prompts[k][1], finish=finish, stopping_word=word, prompt_ms=pm,
-                                   predicted_ms=(now - t0) * 1000 - pm, batch_size=n, nfe=nfe)
+                                   predicted_ms=(now - t0) * 1000 - pm, batch_size=n, nfe=nfe,
+                                   queued_ms=(t0 - live[k].submitted) * 1000)
             self.metrics.observe_completion(res)
             live[k].resolve(res)
 
