@@ -344,7 +344,7 @@ def documents(draw):
     return lang, text, a, b, nl
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(doc=documents(), answer=ANSWER, op=st.sampled_from(["fill", "fill_all", "regenerate"]))
 def test_property_edits_stay_in_their_span_and_empty_answers_change_nothing(engine, monkeypatch, doc, answer, op):
@@ -387,7 +387,7 @@ def test_property_edits_stay_in_their_span_and_empty_answers_change_nothing(engi
     strict_json(json.dumps(result_json(res, text, "f"), allow_nan=False))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(doc=documents(), answer=ANSWER)
 def test_property_cli_apply_keeps_bom_and_line_breaks_outside_the_hole(test_model_dir, tmp_path_factory, capsys,
