@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from model import (
     CheckpointError,

@@ -34,8 +34,9 @@ PROMPT_LENGTHS = range(1, 18)
 # (steps per block or None, threshold or None): fixed schedules of 1, 2 and B steps, thresholds 0.5 and 0.9.
 SCHEDULES = ((1, None), (2, None), ("B", None), (None, 0.5), (None, 0.9))
 GEN_LENGTHS = (8, 16, 24, 32)
-# (seed, EOS row scale): the larger scales make answers stop early, some inside a cut last block.
-CHECKPOINTS = ((12, 3.0), (13, 6.0))
+# (seed, EOS row scale, layout): the larger scales make answers stop early, some inside a cut last block; the
+# second folder has the older release's config (LlamaForCausalLM + an auto_map naming SeedDiffcoderForCausalLM).
+CHECKPOINTS = ((12, 3.0, "current"), (13, 6.0, "older"))
 
 
 def _reference_env() -> Path:
@@ -84,9 +85,10 @@ def parity(tmp_path_factory):
     ids = [tok.bos_id] + tok.encode("def mean(xs):\n    total = 0\n    for x in xs:\n        total += x\n")
     assert len(ids) >= max(PROMPT_LENGTHS)
     out = []
-    for seed, boost in CHECKPOINTS:
+    for seed, boost, layout in CHECKPOINTS:
         folder = tmp_path_factory.mktemp("sdc") / f"sdc-{seed}"
-        write_stable_diffcoder_folder(folder, seed=seed, dtype=torch.float32, eos_boost=boost, tokenizer=tok)
+        write_stable_diffcoder_folder(folder, seed=seed, dtype=torch.float32, eos_boost=boost, tokenizer=tok,
+                                      layout=layout)
         cases = _cases(ids)
         job = json.dumps({"reference": str(REFERENCE), "folder": str(folder), "cases": cases})
         env = {**os.environ, "PYTHONPATH": str(target), "TRANSFORMERS_VERBOSITY": "error"}
