@@ -5,12 +5,14 @@
 Requests are llama.vim-shaped (256 lines of prefix, 64 of suffix, the cursor's line typed so far) at cursor
 positions spread over ``assistant/engine.py``. Measured in one run, same requests everywhere:
 
-* in process: the same prompt built and decoded by this process with no HTTP (the baseline for overhead);
-* the server (a ``remask serve`` subprocess on loopback) with 1 client (sequential), 4 and 16 clients at once;
-* the server started with ``--max-batch 1`` (one request at a time) under 16 clients: the throughput baseline.
+* in process: the same prompt built and decoded by this process with no HTTP (the baseline for overhead),
+  paired request by request with the server under 1 client, so that the machine's load drifts hit both;
+* the server (a ``remask serve`` subprocess on loopback) with 4 and 16 clients at once, and a second server
+  started with ``--max-batch 1`` (one request at a time) under 16 clients: the throughput baseline. These
+  setups take turns for ``--rounds`` rounds (other work on a shared machine comes and goes).
 
 Latencies are per request (send to last byte); aggregate tokens/s is the tokens predicted over the wall time
-of the whole phase.
+of a phase (the median over rounds).
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ def main() -> int:
     ap.add_argument("--n-predict", type=int, default=32)
     ap.add_argument("--before", type=int, default=256, help="lines of prefix (llama.vim's n_prefix)")
     ap.add_argument("--after", type=int, default=64, help="lines of suffix (llama.vim's n_suffix)")
+    ap.add_argument("--rounds", type=int, default=3, help="turns of the concurrent setups")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads, here and in the server (1: a busy 2-core machine thrashes with more)")
     a = ap.parse_args()
@@ -159,14 +162,15 @@ def main() -> int:
 
     torch.set_num_threads(a.threads)
     reqs = make_requests(a.requests, a.n_predict, a.before, a.after)
-    rows = []
     local = InProcess(a.model)
-    p, port = start_server(a.model, [])
+    servers = [start_server(a.model, []), start_server(a.model, ["--max-batch", "1"])]
     try:
+        port = servers[0][1]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         for r in reqs[:4]:  # warm-up: first calls pay one-time costs
             local.run(r)
             one(port, r, conn)
+        clients(servers[1][1], reqs[:4], 1)
         # Paired: each request in process, then through the server, so that load changes hit both alike.
         lat_in, lat_srv, diffs, tok = [], [], [], 0
         t_in = t_srv = 0.0
@@ -187,31 +191,36 @@ def main() -> int:
             b_ms, _ = one(port, tiny, conn)
             probe.append(b_ms - a_ms)
         conn.close()
-        rows.append(("in process, one after another", lat_in, tok, t_in))
-        rows.append(("server, 1 client", lat_srv, tok, t_srv))
-        for n in (4, 16):
-            lat, tok, wall = clients(port, reqs, n)
-            rows.append((f"server, {n} clients", lat, tok, wall))
+        # Throughput: the concurrent setups take turns, round after round (the machine's load drifts).
+        setups = [("server, 4 clients", 0, 4), ("server, 16 clients", 0, 16),
+                  ("server --max-batch 1 (one at a time), 16 clients", 1, 16)]
+        got: dict[str, list] = {name: [[], 0, 0.0, []] for name, _, _ in setups}
+        for _ in range(a.rounds):
+            for name, which, n in setups:
+                lat, tk, wall = clients(servers[which][1], reqs, n)
+                g = got[name]
+                g[0] += lat
+                g[1] += tk
+                g[2] += wall
+                g[3].append(tk / wall)
     finally:
-        p.terminate()
-        p.wait(30)
-    p, port = start_server(a.model, ["--max-batch", "1"])
-    try:
-        clients(port, reqs[:4], 1)
-        lat, tok, wall = clients(port, reqs, 16)
-        rows.append(("server --max-batch 1 (one at a time), 16 clients", lat, tok, wall))
-    finally:
-        p.terminate()
-        p.wait(30)
-    one_at_a_time = rows[-1][2] / rows[-1][3]
+        for p, _ in servers:
+            p.terminate()
+            p.wait(30)
+    rows = [("in process, one after another", lat_in, tok, t_in, [tok / t_in]),
+            ("server, 1 client", lat_srv, tok, t_srv, [tok / t_srv])]
+    rows += [(name, g[0], g[1], g[2], g[3]) for name, g in got.items()]
+    one_at_a_time = statistics.median(rows[-1][4])
     print(f"{a.requests} /infill requests, n_predict {a.n_predict}, llama.vim-shaped ({a.before} lines before the "
-          f"cursor, {a.after} after); server overhead (paired, p50 of server - in process per request): "
-          f"{statistics.median(diffs):+.1f} ms; on a 1-token request: {statistics.median(probe):+.1f} ms\n")
-    print("| setup | p50 ms | p95 ms | tokens | wall s | aggregate tokens/s | vs one at a time |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
-    for name, lat, tok, wall in rows:
-        print(f"| {name} | {statistics.median(lat):.1f} | {pct(lat, 0.95):.1f} | {tok} | {wall:.2f} | "
-              f"{tok / wall:.1f} | {tok / wall / one_at_a_time:.2f}x |")
+          f"cursor, {a.after} after), {a.rounds} rounds of the concurrent setups; server overhead (paired, p50 of "
+          f"server - in process per request): {statistics.median(diffs):+.1f} ms; on a 1-token request: "
+          f"{statistics.median(probe):+.1f} ms\n")
+    print("| setup | p50 ms | p95 ms | tokens | aggregate tokens/s (median of rounds) | vs one at a time |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for name, lat, tok, _wall, tps in rows:
+        t = statistics.median(tps)
+        print(f"| {name} | {statistics.median(lat):.1f} | {pct(lat, 0.95):.1f} | {tok} | {t:.1f} | "
+              f"{t / one_at_a_time:.2f}x |")
     return 0
 
 
