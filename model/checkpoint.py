@@ -207,15 +207,15 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", dtyp
         # The tokenizer is the authority for special ids when the config does not name them.
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         upd: dict[str, Any] = {}
-        if raw.get("mask_token_id") is None and tok.mask_id is not None:
-            upd["mask_token_id"] = tok.mask_id
+        if raw.get("mask_token_id") is None and tok.mask_id is not None and cfg.body == "llama":
+            upd["mask_token_id"] = tok.mask_id  # (Qwen-vocabulary families chose theirs from the token list)
         for role, key in (("fim_prefix", "fim_prefix_id"), ("fim_suffix", "fim_suffix_id"),
                           ("fim_middle", "fim_middle_id")):
             if getattr(cfg, key) is None and tok.ids[role] is not None:
                 upd[key] = tok.ids[role]
         if upd:
             cfg = cfg.replace(**upd)
-        if cfg.family not in ("remask", "stable-diffcoder", "seed-coder"):
+        if cfg.body != "llama":
             _align_tokenizer(tok, cfg)
     files = _weight_files(folder)
     sd: dict[str, torch.Tensor] = {}

@@ -129,6 +129,9 @@ class ModelConfig:
             raise ValueError(f"unknown body {self.body!r}: llama, qwen2 or qwen3")
         hf.block_size = self.block_size
         hf.mask_token_id = self.mask_token_id
+        hf.fim_prefix_id = self.fim_prefix_id
+        hf.fim_suffix_id = self.fim_suffix_id
+        hf.fim_middle_id = self.fim_middle_id
         hf.logit_shift = self.logit_shift
         hf.remask_kind = self.kind
         hf.remask_family = self.family

@@ -32,6 +32,9 @@ def folders(tmp_path_factory):
     (dict(LLAMA, architectures=["DreamModel"], model_type="Dream"), {}, "dream", "no <|expand|>"),
     (dict(LLAMA, architectures=["DreamModel"], model_type="Dream"), {"<|dlm_pad|>": 9}, "dream", "DiffuCoder"),
     (dict(LLAMA, architectures=["DreamModel"], model_type="Dream"), {"<|expand|>": 7}, "dreamon", "expand token"),
+    (dict(LLAMA, architectures=["Qwen3ForCausalLM"], model_type="qwen3"), {}, "qwen-ar", "autoregressive"),
+    (dict(LLAMA, architectures=["Qwen3ForCausalLM"], model_type="qwen3", remask_kind="bd", remask_family="remask"),
+     {}, "remask", "remask_kind"),
 ])
 def test_detect_names_the_family_and_why(raw, tokens, name, why) -> None:
     fam, reason = detect_config(raw, tokens)

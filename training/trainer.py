@@ -246,7 +246,9 @@ class Trainer:
             raise TrainingError(f"seq_len {self.cfg.seq_len} exceeds the model context {mc.max_position_embeddings}")
         if self.stage != "ar" and self.cfg.seq_len % mc.block_size:
             raise TrainingError(f"seq_len {self.cfg.seq_len} must be a multiple of the block size {mc.block_size}")
-        mc = mc.replace(kind=kind, logit_shift=shift)
+        # A published AR folder (Seed-Coder / Llama, Qwen2, Qwen3: --init-from) becomes one of our checkpoints: its
+        # family is ours from here on (block-causal, our rules); its body class stays.
+        mc = mc.replace(kind=kind, logit_shift=shift, family="remask")
         model.remask_config = mc
         model.config.logit_shift = shift
         model.config.remask_kind = kind

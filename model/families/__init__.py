@@ -75,10 +75,11 @@ class Family:
 
 
 def _registry() -> list[Family]:
-    from . import dream, dreamon, own, sdar, seed_coder, stable_diffcoder
+    from . import dream, dreamon, own, qwen_ar, sdar, seed_coder, stable_diffcoder
 
     # Most specific first: DreamOn before Dream, Stable-DiffCoder before plain Llama (Seed-Coder).
-    return [own.FAMILY, stable_diffcoder.FAMILY, sdar.FAMILY, dreamon.FAMILY, dream.FAMILY, seed_coder.FAMILY]
+    return [own.FAMILY, stable_diffcoder.FAMILY, sdar.FAMILY, dreamon.FAMILY, dream.FAMILY, seed_coder.FAMILY,
+            qwen_ar.FAMILY]
 
 
 def families() -> list[Family]:
@@ -160,7 +161,7 @@ def read_folder_config(folder: str | Path) -> tuple[ModelConfig, Family, str]:
     cfg = fam.read_config(raw, special_tokens(folder))
     extra = dict(cfg.extra)
     extra["family_reason"] = why
-    return cfg.replace(family=fam.name, body=fam.body, extra=extra), fam, why
+    return cfg.replace(family=fam.name, extra=extra), fam, why
 
 
 def family_of(model_or_config: Any) -> Family:

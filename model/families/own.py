@@ -15,7 +15,12 @@ def _detect(raw: dict[str, Any], tokens: dict[str, int]) -> str | None:
 
 def _read(raw: dict[str, Any], tokens: dict[str, int]):
     from ..config import ModelConfig
+    from .qwen_ar import body_of, read_qwen
 
+    if body_of(raw):  # trained by remask from a Qwen2 / Qwen3 AR folder (train bd --init-from)
+        kind = str(raw["remask_kind"])
+        shift = raw.get("logit_shift")
+        return read_qwen(raw, tokens, "remask", kind, bool(kind == "ar" if shift is None else shift))
     return ModelConfig.from_json_dict(raw)
 
 

@@ -67,7 +67,7 @@ def _weights(cfg: dict[str, Any], body: str, seed: int, scale: float) -> dict[st
 def write_family_checkpoint(folder: str | Path, family: str, seed: int = 0, hidden: int = 64, layers: int = 2,
                             heads: int = 4, kv_heads: int = 2, base_vocab: int = 512, scale: float = 2.0,
                             sharded: bool = True, boost: dict[str, float] | None = None) -> Path:
-    """A random ``sdar``, ``dream`` or ``dreamon`` folder in the published layout. Returns the folder.
+    """A random ``sdar``, ``dream``, ``dreamon``, ``qwen2-ar`` or ``qwen3-ar`` folder in the published layout.
 
     ``boost`` scales the output rows of some tokens (e.g. ``{"<|endoftext|>": 3.0}``) so that a random model
     writes them often: answers that stop early, DreamOn middles that grow and shrink."""
@@ -104,6 +104,13 @@ def write_family_checkpoint(folder: str | Path, family: str, seed: int = 0, hidd
             tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
             tj["added_tokens"] = [t for t in tj["added_tokens"] if t["content"] != "<|expand|>"]
             (folder / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    elif family in ("qwen2-ar", "qwen3-ar"):  # a plain autoregressive Qwen folder (save_pretrained's layout)
+        body = family[:5]
+        cfg = dict(architectures=["Qwen2ForCausalLM" if body == "qwen2" else "Qwen3ForCausalLM"], model_type=body,
+                   bos_token_id=eos, eos_token_id=eos, rope_theta=10000.0, use_sliding_window=False,
+                   sliding_window=None, max_window_layers=layers, attention_bias=False, head_dim=hidden // heads,
+                   transformers_version="4.52.4", **shape)
+        gen_cfg = {"bos_token_id": eos, "eos_token_id": eos}
     else:
         raise ValueError(f"no published layout for {family!r}")
     sd = _weights(cfg, body, seed, scale)
