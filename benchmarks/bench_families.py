@@ -2,7 +2,8 @@
 
 For SDAR, Dream and DreamOn: a random checkpoint in the published layout (model/families/testing.py), the
 published code run under the transformers version it targets (the parity tests' runners, in a subprocess, timed
-inside it around each generate call, model loading excluded), and remask's decoder in this process. Greedy,
+inside it around each generate call, model loading excluded), and remask's decoder in this process, in alternating
+rounds (the machine's load drifts; the median of each is reported). Greedy,
 float32, CPU threads as given. Prints a Markdown table and checks that both produced the same tokens.
 
     python benchmarks/bench_families.py [--hidden 256] [--layers 4] [--gen 64] [--repeats 3]
@@ -65,8 +66,9 @@ def main() -> None:
             f = get("sdar")
             case = dict(prompt=ids, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id, gen_length=args.gen,
                         block_length=4, steps=4, strategy="low_confidence_dynamic", threshold=0.85)
-            ref = _reference("sdar_runner.py", "4.52.4", {"reference": str(SHARED / "sdar"), "folder": str(folder),
-                                                          "cases": [case] * args.repeats})
+            again = partial(_reference, "sdar_runner.py", "4.52.4", {"reference": str(SHARED / "sdar"),
+                                                                     "folder": str(folder), "cases": [case]})
+            ref = again()
             ref_tokens = ref["tokens"][0]
             dc = DecodeConfig(max_new_tokens=args.gen, block_size=4, threshold=0.85, steps_per_block=4,
                               commit_rule=f.commit_rule, align_canvas=f.align_canvas)
@@ -74,8 +76,10 @@ def main() -> None:
             label, ref_label = "block decoder + KV cache", "generate.py block_diffusion_generate"
         elif fam == "dream":
             case = dict(rows=[ids], max_new_tokens=args.gen, steps=args.gen, alg="entropy", top_k=None)
-            ref = _reference("dream_runner.py", "4.46.2", {"reference": str(SHARED / "dream"), "folder": str(folder),
-                                                           "mode": "dream", "cases": [case] * args.repeats})
+            again = partial(_reference, "dream_runner.py", "4.46.2", {"reference": str(SHARED / "dream"),
+                                                                      "folder": str(folder), "mode": "dream",
+                                                                      "cases": [case]})
+            ref = again()
             ref_tokens = ref["out"][0][0]
             dcfg = DreamConfig(max_new_tokens=args.gen, steps=args.gen, alg="entropy", top_k=None)
             call, out = partial(dream_generate, model, [ids], dcfg), (lambda r: r.generated[0])
@@ -85,18 +89,23 @@ def main() -> None:
             case = dict(prefix=[cfg.bos_token_id] + ids[:half], suffix=ids[half:], min_gen_len=4,
                         max_gen_len=args.gen, steps=2 * args.gen, alg="entropy", expand_id=cfg.extra["expand_token_id"],
                         top_k=None)
-            ref = _reference("dream_runner.py", "4.46.2", {"reference": str(SHARED / "dream"), "folder": str(folder),
-                                                           "mode": "dreamon", "cases": [case] * args.repeats})
+            again = partial(_reference, "dream_runner.py", "4.46.2", {"reference": str(SHARED / "dream"),
+                                                                      "folder": str(folder), "mode": "dreamon",
+                                                                      "cases": [case]})
+            ref = again()
             ref_tokens = ref["out"][0]["middle"]
             dcfg = DreamConfig(min_gen_len=4, max_gen_len=args.gen, steps=2 * args.gen, alg="entropy", top_k=None)
             call, out = partial(dreamon_infill, model, case["prefix"], case["suffix"], dcfg), (lambda r: r.generated[0])
             label, ref_label = "dreamon_infill", "eval generator batch_generate_with_expand_as_token"
-        times = []
-        for _ in range(args.repeats):
+        # Rounds alternate the two (the shared machine's load drifts): one reference run, then one of ours.
+        times, ref_times = [], list(ref["seconds"])
+        for r in range(args.repeats):
+            if r:
+                ref_times += again()["seconds"]
             t0 = time.perf_counter()
             got = out(call())
             times.append(time.perf_counter() - t0)
-        ref_s = sorted(ref["seconds"])[len(ref["seconds"]) // 2]
+        ref_s = sorted(ref_times)[len(ref_times) // 2]
         our_s = sorted(times)[len(times) // 2]
         n = len(got)
         rows.append((fam, label, ref_label, n, got == ref_tokens, n / our_s, n / ref_s, ref_s / our_s))

@@ -127,3 +127,17 @@ def test_generate_runs_each_family_with_its_own_loop(folders) -> None:
     assert got.tokens[0] == (want[: want.index(eos)] if eos in want else want) and got.texts
     m, tok = load_checkpoint(folders["dreamon"])
     assert family_generate(m, [ids], DecodeConfig(max_new_tokens=10)).tokens[0] is not None
+
+
+def test_the_lsp_and_demo_load_path_serves_each_family(folders) -> None:
+    """The LSP (lsp.server._load_engine) and the demo (Engine.load, model_card) load a folder of each family and
+    answer a fill with it."""
+    from lsp.server import _load_engine
+    from ui.demo.app import model_card
+
+    for name, folder in folders.items():
+        eng = _load_engine(str(folder), "cpu", Settings(max_new_tokens=6))
+        assert eng.family.name == name
+        assert isinstance(model_card(eng, folder), str)
+        res = eng.fill(SRC, SRC.index("<FILL>"))
+        assert res.candidates
