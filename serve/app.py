@@ -46,6 +46,7 @@ class ServeConfig:
     cors: list[str] = field(default_factory=list)
     max_queue: int = 64
     max_batch: int = 16
+    max_batch_tokens: int = 8192  # prompt + new tokens of the rows of one batch
     max_body: int = 4 << 20
     max_predict: int = 1024  # the largest n_predict / max_tokens a request may ask for
     default_predict: int = 128  # when a request names none
@@ -128,7 +129,7 @@ class Server:
         self.cfg = cfg
         self.metrics = scheduler.metrics if scheduler is not None else Metrics()
         self.scheduler = scheduler or Scheduler(self._load, max_queue=cfg.max_queue, max_batch=cfg.max_batch,
-                                                metrics=self.metrics)
+                                                max_batch_tokens=cfg.max_batch_tokens, metrics=self.metrics)
         self.started = int(time.time())
 
     def _load(self):

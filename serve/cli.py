@@ -21,6 +21,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
                    help="allow browser requests from ORIGIN (repeatable; '*' for any); off by default")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
     p.add_argument("--max-batch", type=int, default=16, help="completion rows decoded together (default 16)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="prompt + new tokens of one batch's rows (default 8192): long prompts batch less")
     p.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (default 4 MiB)")
     p.add_argument("--max-predict", type=int, default=1024,
                    help="largest n_predict / max_tokens a request may ask for (default 1024)")
@@ -52,7 +54,7 @@ def config_from_args(args: argparse.Namespace):
     if not _loopback(args.host) and not key:
         raise ValueError(f"--host {args.host} is reachable from other machines: give --api-key KEY (or set "
                          f"REMASK_API_KEY) so that only clients with the key can use the model")
-    for name in ("max_queue", "max_batch", "max_body", "max_predict", "max_new_tokens"):
+    for name in ("max_queue", "max_batch", "max_batch_tokens", "max_body", "max_predict", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
@@ -63,6 +65,7 @@ def config_from_args(args: argparse.Namespace):
     return ServeConfig(model=args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
                        merge_adapter=not args.adapter_unmerged, host=args.host, port=args.port,
                        api_key=key, cors=list(args.cors), max_queue=args.max_queue, max_batch=args.max_batch,
+                       max_batch_tokens=args.max_batch_tokens,
                        max_body=args.max_body, max_predict=args.max_predict,
                        default_predict=min(args.max_new_tokens, args.max_predict), model_name=args.model_name,
                        grace_s=args.grace, settings=s)

@@ -105,13 +105,16 @@ class Scheduler:
     """Queue plus worker thread over one ``Engine`` (see the module docstring)."""
 
     def __init__(self, engine_loader: Callable[[], object], *, max_queue: int = 64, max_batch: int = 16,
-                 max_slots: int = 32, metrics: Metrics | None = None) -> None:
+                 max_batch_tokens: int = 8192, max_slots: int = 32, metrics: Metrics | None = None) -> None:
         self._loader = engine_loader
         self.engine = None
         self.state = "loading"
         self.detail = ""
         self.max_queue = max_queue
         self.max_batch = max_batch
+        # Rows of long prompts batch less: on a CPU their prefill is compute-bound (a batch saves nothing there),
+        # while a batch waits for its longest row and copies its KV cache as rows leave (bench_serve.py).
+        self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics or Metrics()
         self._pending: list[Job] = []
         self._running: list[Job] = []
@@ -213,10 +216,15 @@ class Scheduler:
                 batch = [first]
                 if first.kind == "complete" and first.payload.max_new > 0:  # a warm-up runs alone (its slot's cache)
                     key = self._key(first.payload)
+                    budget = self.max_batch_tokens - self._estimate(first.payload)
                     for j in list(self._pending):
                         if len(batch) >= self.max_batch:
                             break
                         if j.kind == "complete" and self._key(j.payload) == key:
+                            cost = self._estimate(j.payload)
+                            if cost > budget:
+                                break
+                            budget -= cost
                             batch.append(j)
                             self._pending.remove(j)
                 self._running = batch
@@ -235,6 +243,15 @@ class Scheduler:
                     for j in batch:
                         if j.slot is not None and self._by_slot.get(j.slot) is j:
                             del self._by_slot[j.slot]
+
+    def _estimate(self, c: Completion) -> int:
+        """Tokens a row will hold (prompt within the context budget, plus its new tokens), from its length in
+        characters (code averages 3-4 characters per token): cheap enough to run under the queue's lock."""
+        if c.ids is not None:
+            return len(c.ids) + c.max_new
+        chars = len(c.prefix) + len(c.suffix) + sum(len(t) for _, t in c.extra)
+        budget = getattr(getattr(self.engine, "settings", None), "context_tokens", 1536)
+        return min(chars // 3, budget + 1024) + c.max_new
 
     @staticmethod
     def _key(c: Completion) -> tuple:
