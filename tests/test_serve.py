@@ -529,16 +529,18 @@ def test_disconnect_cancels_between_steps(slow_server):
 def test_queue_full_is_503_with_retry_after(slow_server):
     url, state = slow_server
     sch = state.scheduler
-    a = _open_request(url, LONG)
-    _wait(lambda: sch._running)
-    b = _open_request(url, LONG)
-    _wait(lambda: sch.depth == 1)
-    try:
-        st, h, body = post(url + "/infill", {"input_prefix": "y", "n_predict": 4})
-        assert st == 503 and h.get("retry-after") == "1" and b"queue is full" in body
-    finally:
-        a.close()
-        b.close()
+    with sch.engine._lock:  # the worker takes A, then waits for the model: B stays queued, deterministically
+        a = _open_request(url, LONG)
+        _wait(lambda: sch._running)
+        b = _open_request(url, LONG)
+        _wait(lambda: sch.depth == 1)
+        try:
+            st, h, body = post(url + "/infill", {"input_prefix": "y", "n_predict": 4})
+            assert st == 503 and h.get("retry-after") == "1" and b"queue is full" in body
+            assert state.metrics.get("remask_rejected_total", {"reason": "queue_full"}) >= 1
+        finally:
+            a.close()
+            b.close()
     _wait(lambda: not sch._running and sch.depth == 0, 10)
 
 
