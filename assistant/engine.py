@@ -258,6 +258,7 @@ class Engine:
         """Fill the hole at/around ``[start, end)``: a marker, a placeholder body, a selection or the cursor."""
         self._check_text(text)
         self._check_range(text, start, start if end is None else end)
+        start, end = self._whole_breaks(text, start, end)
         parsed = parse(text, language)
         hole = hole_at(text, start, end, parsed.language, parsed)
         return self._fill_holes("fill", text, [hole], parsed, language, settings, callback, cancel)
@@ -286,6 +287,7 @@ class Engine:
         """Replace ``[start, end)`` with new versions: ``n`` candidates decoded as one batch, best first."""
         self._check_text(text)
         self._check_range(text, start, end)
+        start, end = self._whole_breaks(text, start, end)
         if end <= start:
             raise EngineError("regenerate needs a non-empty span (use fill for an insertion point)")
         s = settings or self.settings
@@ -333,6 +335,7 @@ class Engine:
         """Probability of every token of ``[start, end)`` under the model, each predicted while masked."""
         self._check_text(text)
         self._check_range(text, start, end)
+        start, end = self._whole_breaks(text, start, end)
         if end <= start:
             raise EngineError("score needs a non-empty span")
         s = settings or self.settings
@@ -378,6 +381,7 @@ class Engine:
         """
         self._check_text(text)
         self._check_range(text, start, end)
+        start, end = self._whole_breaks(text, start, end)
         if end <= start:
             raise EngineError("repair needs a non-empty span")
         if "ar" in self.caps:
@@ -430,6 +434,7 @@ class Engine:
                 f"base '{self.cfg.kind}' model. Use fill, regenerate or repair, or load an instruct model.")
         self._check_text(text)
         self._check_range(text, start, end)
+        start, end = self._whole_breaks(text, start, end)
         if not instruction or not instruction.strip():
             raise EngineError("the instruction is empty")
         s = settings or self.settings
@@ -481,6 +486,19 @@ class Engine:
             raise EngineError("offsets must be integers")
         if start < 0 or end > n or start > end:
             raise EngineError(f"range {start}..{end} is outside the text (0..{n})")
+
+    @staticmethod
+    def _whole_breaks(text: str, start: int, end: int | None) -> tuple[int, int | None]:
+        """Move a range boundary that falls between the CR and the LF of a CRLF out of the line break (a start
+        after it, an end or an insertion point before it), so no edit ever keeps half of one."""
+        def inside(i: int | None) -> bool:
+            return i is not None and 0 < i < len(text) and text[i - 1] == "\r" and text[i] == "\n"
+
+        if end is None or end == start:
+            return (start - 1, None if end is None else start - 1) if inside(start) else (start, end)
+        start = start + 1 if inside(start) else start
+        end = end - 1 if inside(end) else end
+        return (start, end) if start <= end else (end, end)
 
     @staticmethod
     def _selection(text: str, start: int, end: int) -> Span:

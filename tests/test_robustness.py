@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from assistant.api import Settings
@@ -347,6 +347,9 @@ def documents(draw):
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(doc=documents(), answer=ANSWER, op=st.sampled_from(["fill", "fill_all", "regenerate"]))
+# Found by this test: a selection that ends between the CR and the LF of a CRLF kept half a line break.
+@example(doc=("typescript", "function f(x: number): number {\r\nfunction f(x: number): number {\r\n  return x;\r\n}"
+              "\r\nfunction f(x: number): number {", 0, 81, "\r\n"), answer="1", op="fill")
 def test_property_edits_stay_in_their_span_and_empty_answers_change_nothing(engine, monkeypatch, doc, answer, op):
     lang, text, a, b, nl = doc
     monkeypatch.setattr(engine, "_generate", fake_generate(engine, [answer]))
