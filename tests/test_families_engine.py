@@ -141,3 +141,26 @@ def test_the_lsp_and_demo_load_path_serves_each_family(folders) -> None:
         assert isinstance(model_card(eng, folder), str)
         res = eng.fill(SRC, SRC.index("<FILL>"))
         assert res.candidates
+
+
+def test_dream_dual_cache_is_an_option_exact_at_refresh_1_and_forwards_less(folders) -> None:
+    """The approximate fast mode is off by default; with a refresh every step it is the exact mode; with
+    refresh 4 three steps in four forward only the masked region (over cached prefix keys) and still finish."""
+    from model.families.dream_decode import DreamConfig, dream_generate
+
+    assert DreamConfig().cache == "none"
+    model, tok = load_checkpoint(folders["dream"])
+    rows = [tok.encode(SRC)[:20], tok.encode(SRC)[:12]]
+    exact = dream_generate(model, rows, DreamConfig(max_new_tokens=12, steps=12)).generated
+    assert dream_generate(model, rows, DreamConfig(max_new_tokens=12, steps=12, cache="dual", refresh=1)).generated \
+        == exact
+    widths = []
+    hook = model.model.register_forward_pre_hook(lambda mod, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        fast = dream_generate(model, rows, DreamConfig(max_new_tokens=12, steps=12, cache="dual", refresh=4))
+    finally:
+        hook.remove()
+    mask = model.remask_config.mask_token_id
+    assert all(mask not in g for g in fast.generated)
+    assert widths[0] == 32 and max(widths[1:4]) <= 13 and widths[4] == 32

@@ -46,6 +46,12 @@ class DreamConfig:
     max_tokens: int = 2048
     pad_eos_to_right: bool = True
     delete_eos: bool = True
+    # Fast approximate mode (never the default): "dual" keeps the keys of the columns outside the masked region
+    # from the last full forward (Fast-dLLM's dual cache) and forwards only the masked region between refreshes,
+    # every ``refresh`` steps. Under full attention those keys depend on the middle, so tokens can differ from the
+    # exact mode; refresh 1 is the exact mode.
+    cache: str = "none"
+    refresh: int = 8
 
     def validate(self) -> None:
         if self.alg not in ALGS:
@@ -56,6 +62,8 @@ class DreamConfig:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.min_gen_len <= self.max_gen_len:
             raise ValueError("need 0 < min_gen_len <= max_gen_len")
+        if self.cache not in ("none", "dual") or self.refresh < 1:
+            raise ValueError("cache must be 'none' or 'dual', refresh at least 1")
 
 
 @dataclass
@@ -102,17 +110,50 @@ def _propose(logits: torch.Tensor, cfg: DreamConfig, gen: torch.Generator | None
     return conf, x0, p
 
 
-def _shifted_logits(model, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor, mask_index: torch.Tensor
-                    ) -> torch.Tensor:
+class _ColumnCache:
+    """Keys and values per canvas column for the dual-cache mode (transformers' attention calls ``update``)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.cols: torch.Tensor | None = None  # the columns the next forward writes
+
+    def prepare(self, positions: torch.Tensor, kv_len: int) -> None:  # forward_logits' hook: columns preset
+        pass
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx not in self.keys or self.cols is None or len(self.cols) == self.keys[layer_idx].shape[2]:
+            self.keys[layer_idx], self.values[layer_idx] = key.clone(), value.clone()
+        else:
+            self.keys[layer_idx][:, :, self.cols] = key
+            self.values[layer_idx][:, :, self.cols] = value
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if layer_idx not in self.keys else int(self.keys[layer_idx].shape[2])
+
+
+def _shifted_logits(model, x: torch.Tensor, pos: torch.Tensor, allowed: torch.Tensor, mask_index: torch.Tensor,
+                    cache: _ColumnCache | None = None, full: bool = True) -> torch.Tensor:
     """Logits of the masked positions, row-major (as ``logits[mask_index]``): position i reads hidden state i-1
-    (position 0 its own), so the head runs on those rows only."""
+    (position 0 its own), so the head runs on those rows only. With ``cache`` and not ``full``: only the columns
+    from the first mask's predecessor to the last mask are forwarded, over the cached keys of the others."""
     n = x.shape[0]
     idx = [((m.nonzero().flatten() - 1).clamp_min(0)) for m in mask_index]
+    lo = 0
+    if cache is not None:
+        if full:
+            cache.cols = None
+        else:
+            lo = min(int(i.min()) for i in idx if len(i))
+            hi = max(int(m.nonzero().max()) for m in mask_index if m.any()) + 1
+            cache.cols = torch.arange(lo, hi, device=x.device)
+            x, pos, allowed = x[:, lo:hi], pos[:, lo:hi], allowed[:, lo:hi]
     width = max(1, max(len(i) for i in idx))
     keep = torch.zeros(n, width, dtype=torch.long, device=x.device)
     for r, i in enumerate(idx):
-        keep[r, : len(i)] = i
-    lg = forward_logits(model, x, pos, allowed, keep=keep).float()
+        keep[r, : len(i)] = i - lo
+    lg = forward_logits(model, x, pos, allowed, cache=cache, keep=keep).float()
     return torch.cat([lg[r, : len(i)] for r, i in enumerate(idx)])
 
 
@@ -191,6 +232,7 @@ def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: 
     timesteps = torch.linspace(1, cfg.eps, cfg.steps + 1)
     logp_of: dict[tuple[int, int], float] = {}
     nfe = 0
+    cache = _ColumnCache() if cfg.cache == "dual" else None
     for step in range(cfg.steps):
         if cancel is not None and cancel():
             from ..decoder import DecodeCancelled
@@ -199,7 +241,8 @@ def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: 
         mask_index = x == mask_id
         if not mask_index.any():
             break
-        logits = _shifted_logits(model, x, pos, allowed, mask_index)
+        logits = _shifted_logits(model, x, pos, allowed, mask_index, cache=cache,
+                                 full=cache is None or step % cfg.refresh == 0)
         nfe += 1
         t, s = timesteps[step], timesteps[step + 1]
         rows, cols = mask_index.nonzero(as_tuple=True)
