@@ -91,6 +91,7 @@ def test_dreamon_fill_gets_its_length_from_the_model(folders) -> None:
     for k in range(4):
         res = infill_generate(model, [(pre[: len(pre) - k], suf)], max_new_tokens=16)
         lengths.add(len(res.tokens[0]))
+        assert len(res.logprobs[0]) == len(res.tokens[0]) and all(lp < 0 for lp in res.logprobs[0])  # ranks
     assert ids and len(lengths) > 1
 
 

@@ -317,6 +317,7 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
         raise ValueError(f"the canvas ({max_tokens} tokens) exceeds the model context "
                          f"({mcfg.max_position_embeddings})")
     x = torch.tensor(prompt + [mask_id] * (max_tokens - L0), dtype=torch.long, device=device)[None]
+    lp = [0.0] * max_tokens  # log p of each position's token when it was written, moved with the edits
     n_gen, budget, nfe = cfg.min_gen_len, cfg.max_gen_len, 0
     ar = torch.arange(max_tokens, device=device)
     for step in range(cfg.steps):
@@ -335,13 +336,14 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
         nfe += 1
         if window == max_tokens or budget == 0:
             logits[:, expand_id] -= 1e9
-        conf, x0, _ = _propose(logits, cfg, gen)
+        conf, x0, p_tok = _propose(logits, cfg, gen)
         if cfg.alg_temp:
             pick = int(torch.multinomial(F.softmax(conf / cfg.alg_temp, dim=-1).cpu(), 1, generator=gen)[0])
         else:
             pick = int(torch.topk(conf, 1).indices[0])
         where = mask_index.nonzero().flatten()
         x[0, int(where[pick])] = x0[pick]
+        lp[int(where[pick])] = float(p_tok[pick].clamp_min(1e-30).log())
         if cfg.pad_eos_to_right:
             eos_at = (x[0] == eos_id).nonzero().flatten()
             if eos_at.numel():
@@ -349,15 +351,18 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
         seq = x[0].tolist()
         for idx in sorted((i for i, t in enumerate(seq) if t == expand_id), reverse=True):
             seq[idx: idx + 1] = [mask_id, mask_id]
+            lp[idx: idx + 1] = [0.0, 0.0]
             n_gen += 1
             budget -= 1
-            seq = seq[:max_tokens]
+            seq, lp = seq[:max_tokens], lp[:max_tokens]
         if cfg.delete_eos:
             was_mask = mask_index.tolist()
             for idx in sorted((i for i, t in enumerate(seq) if t == eos_id and i < len(was_mask) and was_mask[i]),
                               reverse=True):
                 del seq[idx]
+                del lp[idx]
                 seq.append(mask_id)
+                lp.append(0.0)
                 n_gen -= 1
         x = torch.tensor(seq, dtype=torch.long, device=device)[None]
         if callback is not None:
@@ -365,5 +370,5 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
     seq = x[0].tolist()
     middle = seq[len(prefix): len(prefix) + n_gen]
     return DreamResult(sequences=[seq[: L0 - cfg.min_gen_len + n_gen]], generated=[middle],
-                       logprobs=[[0.0] * len(middle)], nfe=nfe, elapsed_s=time.perf_counter() - t0,
+                       logprobs=[lp[len(prefix): len(prefix) + n_gen]], nfe=nfe, elapsed_s=time.perf_counter() - t0,
                        extra={"middle_len": n_gen})

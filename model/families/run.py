@@ -74,7 +74,7 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
             mid = res.generated[0]
             cut = next((i for i, t in enumerate(mid) if t in stops), None)
             toks.append(mid[:cut] if cut is not None else mid)
-            lps.append([0.0] * len(toks[-1]))
+            lps.append(res.logprobs[0][: len(toks[-1])])
             fin.append("eos" if cut is not None else "length")
         return DecodeResult(tokens=toks, logprobs=lps, commit_steps=[[0] * len(t) for t in toks], finish=fin,
                             nfe=nfe, steps=nfe, elapsed_s=elapsed, extra={"family": fam.name})
