@@ -12,7 +12,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model folder; 'default' (built-in, the default) or random:PRESET for an untrained one")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default: as stored on CPU float32)")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (remask train adapt) applied to --model; refused if made for another")

@@ -421,3 +421,17 @@ def test_property_cli_apply_keeps_bom_and_line_breaks_outside_the_hole(test_mode
     spans = [(s["start"]["offset"], s["end"]["offset"]) for s in got["spans"]]
     s, t = spans[0]
     assert got["new_text"].startswith(text[:s]) and got["new_text"].endswith(text[t:])
+
+
+@pytest.mark.parametrize("command", ["fill", "edit", "generate", "info", "tui", "demo", "lsp", "serve"])
+def test_model_commands_do_not_offer_none_as_a_dtype(command):
+    from ui.cli import COMMANDS, build_parser
+
+    if command not in COMMANDS:
+        pytest.skip(f"no {command} command")
+    text = build_parser(only=command).format_help() + "".join(
+        a.format_help() for a in build_parser(only=command)._subparsers._group_actions[0].choices.values()
+        if a.prog.endswith(command))
+    assert "{None," not in text
+    if "--dtype" in text:
+        assert "--dtype {float32,bfloat16,float16}" in text
