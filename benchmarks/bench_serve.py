@@ -80,11 +80,14 @@ class InProcess:
         return (time.perf_counter() - t0) * 1000, len(res.tokens[0])
 
 
-def one(port: int, r: dict, conn: http.client.HTTPConnection) -> tuple[float, int]:
+def one(port: int, r: dict) -> tuple[float, int]:
+    """One request on a new connection, as llama.vim's curl makes it (connecting is part of the time)."""
     t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     conn.request("POST", "/infill", json.dumps(r), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     d = json.loads(resp.read())
+    conn.close()
     assert resp.status == 200, d
     return (time.perf_counter() - t0) * 1000, d["tokens_predicted"]
 
@@ -114,27 +117,19 @@ def start_server(model: str | None, extra: list[str]) -> tuple[subprocess.Popen,
 
 
 def clients(port: int, reqs: list[dict], n_clients: int) -> tuple[list[float], int, float]:
-    """Run ``reqs`` split over ``n_clients`` threads (each on its own keep-alive connection)."""
+    """Run ``reqs`` split over ``n_clients`` threads, each sending its next request when the last is answered."""
     lat: list[float] = []
     tokens = [0]
     lock = threading.Lock()
     start = threading.Barrier(n_clients)
 
     def run(mine: list[dict]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         start.wait()
         for r in mine:
-            body = json.dumps(r)
-            t0 = time.perf_counter()
-            conn.request("POST", "/infill", body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            d = json.loads(resp.read())
-            ms = (time.perf_counter() - t0) * 1000
-            assert resp.status == 200, d
+            ms, n = one(port, r)
             with lock:
                 lat.append(ms)
-                tokens[0] += d["tokens_predicted"]
-        conn.close()
+                tokens[0] += n
 
     threads = [threading.Thread(target=run, args=(reqs[i::n_clients],)) for i in range(n_clients)]
     t0 = time.perf_counter()
@@ -166,17 +161,16 @@ def main() -> int:
     servers = [start_server(a.model, []), start_server(a.model, ["--max-batch", "1"])]
     try:
         port = servers[0][1]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         for r in reqs[:4]:  # warm-up: first calls pay one-time costs
             local.run(r)
-            one(port, r, conn)
+            one(port, r)
         clients(servers[1][1], reqs[:4], 1)
         # Paired: each request in process, then through the server, so that load changes hit both alike.
         lat_in, lat_srv, diffs, tok = [], [], [], 0
         t_in = t_srv = 0.0
         for r in reqs:
             a_ms, n = local.run(r)
-            b_ms, _ = one(port, r, conn)
+            b_ms, _ = one(port, r)
             lat_in.append(a_ms)
             lat_srv.append(b_ms)
             diffs.append(b_ms - a_ms)
@@ -188,9 +182,8 @@ def main() -> int:
         probe = []
         for _ in range(30):
             a_ms, _ = local.run(tiny)
-            b_ms, _ = one(port, tiny, conn)
+            b_ms, _ = one(port, tiny)
             probe.append(b_ms - a_ms)
-        conn.close()
         # Throughput: the concurrent setups take turns, round after round (the machine's load drifts).
         setups = [("server, 4 clients", 0, 4), ("server, 16 clients", 0, 16),
                   ("server --max-batch 1 (one at a time), 16 clients", 1, 16)]
