@@ -540,6 +540,13 @@ class RemaskServer(LanguageServer):
 
 
 def _load_engine(model: str | None, device: str, settings: Any, adapter: str | None = None) -> Any:
+    from assistant.remote import server_from_env
+
+    url = server_from_env()
+    if url is not None:  # `remask lsp --server URL` / REMASK_SERVER: the model lives in a `remask serve` process
+        from assistant.remote import RemoteEngine
+
+        return RemoteEngine(url, settings=settings)
     from assistant.engine import Engine
 
     if model and model.startswith("random:") and not adapter:
@@ -847,6 +854,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
                         f"{ServerConfig.min_confidence})")
     p.add_argument("--diagnostics", action="store_true", help="hint diagnostics for improbable tokens")
     p.add_argument("--verbose", "-v", action="store_true", help="log protocol traffic to stderr")
+    p.add_argument("--server", metavar="URL", default=None,
+                   help="use a `remask serve` process instead of loading the model here (or REMASK_SERVER)")
     p.add_argument("--load-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a long load
 
 
@@ -879,6 +888,8 @@ def run(command: str, args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
         logging.getLogger("pygls").setLevel(logging.ERROR)
+    if getattr(args, "server", None):
+        os.environ["REMASK_SERVER"] = args.server  # read where the engine is made (on the model thread)
     try:
         config = config_from_args(args)
         tcp = parse_tcp(args.tcp) if args.tcp else None

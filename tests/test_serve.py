@@ -649,3 +649,24 @@ async def test_tui_with_a_remote_engine(server, tmp_path):
         p = app.proposal
         want = state.scheduler.engine.fill(text, text.index("<FILL>"), language="python", settings=settings)
         assert want.edits and p is not None and p.candidate.edits == want.edits, app.last_status
+
+
+def test_lsp_loads_a_remote_engine(server, monkeypatch):
+    """``remask lsp --server URL`` (REMASK_SERVER): the language server's engine is the server's."""
+    import argparse
+
+    from assistant.api import Settings
+    from assistant.remote import RemoteEngine
+    from lsp.server import _load_engine, add_arguments
+
+    url, state = server
+    p = argparse.ArgumentParser()
+    add_arguments("lsp", p)
+    assert p.parse_args(["--server", url]).server == url
+    monkeypatch.setenv("REMASK_SERVER", url)
+    s = Settings(max_new_tokens=16)
+    eng = _load_engine(None, "cpu", s)
+    assert isinstance(eng, RemoteEngine) and eng.info["instruct"] == state.scheduler.engine.info["instruct"]
+    text = "def mean(values):\n    total = <FILL>\n"
+    assert eng.fill(text, text.index("<FILL>")).edits == state.scheduler.engine.fill(
+        text, text.index("<FILL>"), settings=s).edits
