@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from reference import transformers_at
 
 from model import load_checkpoint
 from model.families.dream_decode import DreamConfig, dream_generate, dreamon_infill
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "dream"
 RUNNER = Path(__file__).resolve().parent / "reference" / "dream_runner.py"
 TRANSFORMERS_VERSION = "4.46.2"
-CACHE = Path(os.environ.get("REMASK_REF_CACHE", Path.home() / ".cache" / "remask-ref"))
 ALGS = ("maskgit_plus", "topk_margin", "entropy")
 TEXT = "def mean(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total / len(xs)\n"
 
@@ -37,17 +37,7 @@ def reference_env() -> Path:
     when they cannot be installed."""
     if not (REFERENCE / "generation_utils.py").is_file():
         pytest.skip(f"the published reference is not at {REFERENCE}")
-    target = CACHE / f"tf-{TRANSFORMERS_VERSION}"
-    probe = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import transformers, omegaconf; "
-             f"assert transformers.__version__ == {TRANSFORMERS_VERSION!r}", str(target)]
-    if subprocess.run(probe, capture_output=True).returncode != 0:
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
-                            str(target), "--upgrade", f"transformers=={TRANSFORMERS_VERSION}", "omegaconf"],
-                           capture_output=True, text=True)
-        if r.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-            pytest.skip(f"could not install transformers=={TRANSFORMERS_VERSION} for the reference: "
-                        f"{(r.stderr or r.stdout).strip()[-300:]}")
-    return target
+    return transformers_at(TRANSFORMERS_VERSION, ("omegaconf",))
 
 
 def run_reference(folder: Path, mode: str, cases: list[dict]) -> list:

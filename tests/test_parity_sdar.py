@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from reference import transformers_at
 
 from model import DecodeConfig, generate, load_checkpoint
 from model.families import family_of
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "sdar"
 RUNNER = Path(__file__).resolve().parent / "reference" / "sdar_runner.py"
 TRANSFORMERS_VERSION = "4.52.4"
-CACHE = Path(os.environ.get("REMASK_REF_CACHE", Path.home() / ".cache" / "remask-ref"))
 
 BLOCKS = (4, 8)
 PROMPT_LENGTHS = (2, 3, 4, 5, 6, 7, 9, 11)
@@ -42,17 +42,7 @@ def reference_env() -> Path:
     """transformers==4.52.4 and einops in a cache folder; skip only when they cannot be installed."""
     if not (REFERENCE / "generate.py").is_file():
         pytest.skip(f"the published reference is not at {REFERENCE}")
-    target = CACHE / f"tf-{TRANSFORMERS_VERSION}"
-    probe = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import transformers, einops; "
-             f"assert transformers.__version__ == {TRANSFORMERS_VERSION!r}", str(target)]
-    if subprocess.run(probe, capture_output=True).returncode != 0:
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
-                            str(target), "--upgrade", f"transformers=={TRANSFORMERS_VERSION}", "einops"],
-                           capture_output=True, text=True)
-        if r.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-            pytest.skip(f"could not install transformers=={TRANSFORMERS_VERSION} for the reference: "
-                        f"{(r.stderr or r.stdout).strip()[-300:]}")
-    return target
+    return transformers_at(TRANSFORMERS_VERSION, ("einops",))
 
 
 def run_reference(target: Path, job: dict) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import transformers_at
 
 from model import DecodeConfig, generate, load_checkpoint, reference_generate
 from model.cache import PromptCache
@@ -27,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "stable-diffcoder"
 RUNNER = Path(__file__).resolve().parent / "reference" / "sdc_runner.py"
 TRANSFORMERS_VERSION = "5.3.0"
-CACHE = Path(os.environ.get("REMASK_REF_CACHE", Path.home() / ".cache" / "remask-ref"))
 
 BLOCKS = (2, 4, 8)
 PROMPT_LENGTHS = range(1, 18)
@@ -43,17 +43,7 @@ def _reference_env() -> Path:
     """transformers==5.3.0 (with what it needs) in a cache folder; skip only when it cannot be installed."""
     if not (REFERENCE / "modeling_stable_diffcoder.py").is_file():
         pytest.skip(f"the published reference is not at {REFERENCE}")
-    target = CACHE / f"tf-{TRANSFORMERS_VERSION}"
-    probe = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import transformers; "
-             f"assert transformers.__version__ == {TRANSFORMERS_VERSION!r}", str(target)]
-    if subprocess.run(probe, capture_output=True).returncode != 0:
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                            "--target", str(target), "--upgrade", f"transformers=={TRANSFORMERS_VERSION}"],
-                           capture_output=True, text=True)
-        if r.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-            pytest.skip(f"could not install transformers=={TRANSFORMERS_VERSION} for the reference: "
-                        f"{(r.stderr or r.stdout).strip()[-300:]}")
-    return target
+    return transformers_at(TRANSFORMERS_VERSION)
 
 
 def _cases(ids: list[int]) -> list[dict]:

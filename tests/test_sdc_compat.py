@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
+from reference import transformers_at
 from tokenizers import processors
 
 from model import DecodeConfig, build_model, generate, load_checkpoint, preset
@@ -19,7 +19,6 @@ from model.testing import make_test_tokenizer
 from model.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("REMASK_REF_CACHE", Path.home() / ".cache" / "remask-ref"))
 OLDEST = "5.0.0"  # the oldest transformers pyproject.toml allows; the newest is the one installed here
 
 PROBE = """
@@ -36,22 +35,10 @@ print(json.dumps({"version": transformers.__version__, "tokens": out}))
 """
 
 
-def _transformers_at(version: str) -> Path:
-    target = CACHE / f"tf-{version}"
-    probe = [sys.executable, "-c", f"import sys; sys.path.insert(0, sys.argv[1]); import transformers; "
-             f"assert transformers.__version__ == {version!r}", str(target)]
-    if subprocess.run(probe, capture_output=True).returncode != 0:
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
-                            str(target), "--upgrade", f"transformers=={version}"], capture_output=True, text=True)
-        if r.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
-            pytest.skip(f"could not install transformers=={version}: {(r.stderr or r.stdout).strip()[-300:]}")
-    return target
-
-
 def test_oldest_and_newest_transformers_decode_alike_without_warnings(test_model_dir) -> None:
     """The decoder passes the cache under the name each transformers version knows, silently."""
     runs = {}
-    for name, path in (("installed", None), ("oldest", _transformers_at(OLDEST))):
+    for name, path in (("installed", None), ("oldest", transformers_at(OLDEST))):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(path) if path else "", str(ROOT)) if p)}
         r = subprocess.run([sys.executable, "-c", PROBE, str(test_model_dir)], capture_output=True, text=True,
                            env=env, cwd=ROOT, timeout=300)
