@@ -96,6 +96,11 @@ class ModelConfig:
             mlp_bias=False,
             hidden_act="silu",
         )
+        hf.architectures = ["LlamaForCausalLM"] if self.kind == "ar" else ["BlockDiffusionLM"]
+        return self._stamp(hf)
+
+    def _stamp(self, hf):
+        """The keys of ours that config.json carries beside the body's own."""
         hf.block_size = self.block_size
         hf.mask_token_id = self.mask_token_id
         hf.fim_prefix_id = self.fim_prefix_id
@@ -103,7 +108,6 @@ class ModelConfig:
         hf.fim_middle_id = self.fim_middle_id
         hf.logit_shift = self.logit_shift
         hf.remask_kind = self.kind
-        hf.architectures = ["LlamaForCausalLM"] if self.kind == "ar" else ["BlockDiffusionLM"]
         return hf
 
     def _to_hf_qwen(self):
@@ -127,15 +131,8 @@ class ModelConfig:
             hf.architectures = ["Qwen3ForCausalLM"]
         else:
             raise ValueError(f"unknown body {self.body!r}: llama, qwen2 or qwen3")
-        hf.block_size = self.block_size
-        hf.mask_token_id = self.mask_token_id
-        hf.fim_prefix_id = self.fim_prefix_id
-        hf.fim_suffix_id = self.fim_suffix_id
-        hf.fim_middle_id = self.fim_middle_id
-        hf.logit_shift = self.logit_shift
-        hf.remask_kind = self.kind
         hf.remask_family = self.family
-        return hf
+        return self._stamp(hf)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = self.to_hf().to_dict()
