@@ -94,6 +94,12 @@ class Tokenizer:
                 template, add_bos = d.get("chat_template"), d.get("add_bos_token")
             except (OSError, json.JSONDecodeError, AttributeError):
                 template, add_bos = None, None
+        jinja = folder / "chat_template.jinja"  # where newer folders (SDAR's) keep the template
+        if not template and jinja.is_file():
+            try:
+                template = jinja.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                template = None
         return cls(tok, template, add_bos if isinstance(add_bos, bool) else None)
 
     @property
@@ -149,9 +155,14 @@ class Tokenizer:
         """
         if self.chat_template:
             try:
-                import jinja2
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-                env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+                def raise_exception(message: str):
+                    raise TokenizerError(message)
+
+                # The environment transformers' apply_chat_template renders with, so templates read as published.
+                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+                env.globals["raise_exception"] = raise_exception
                 text = env.from_string(self.chat_template).render(
                     messages=messages, add_generation_prompt=True,
                     bos_token=self.tok.id_to_token(self.bos_id) if self.bos_id is not None else "",

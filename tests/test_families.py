@@ -4,6 +4,7 @@ published-layout folders loaded natively into the right transformers body with t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,30 @@ def test_published_layouts_load_natively(folders, name, cls) -> None:
     ids = torch.tensor([[1, 2, 3, 4]])
     lg = forward_logits(model, ids, torch.arange(4)[None], torch.ones(1, 4, 4, dtype=torch.bool))
     assert torch.isfinite(lg).all() and lg.shape == (1, 4, cfg.vocab_size)
+
+
+@pytest.mark.parametrize("template", ["sdar", "ours"])
+def test_chat_prompt_renders_as_transformers_apply_chat_template(tmp_path, template) -> None:
+    """A folder's chat template (SDAR keeps it in chat_template.jinja) renders as transformers renders it."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    from model.testing import make_test_tokenizer
+    from model.tokenizer import Tokenizer
+
+    tok = make_test_tokenizer()
+    if template == "sdar":
+        tok.chat_template = None
+        tok.save(tmp_path)
+        shutil.copy(Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "sdar" /
+                    "chat_template.jinja", tmp_path / "chat_template.jinja")
+    else:
+        tok.save(tmp_path)
+    ours = Tokenizer.from_folder(tmp_path)
+    assert ours.chat_template
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), chat_template=ours.chat_template,
+                                 bos_token="<[begin▁of▁sentence]>", eos_token="<[end▁of▁sentence]>")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def f(x):\n    pass"}]
+    want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ours.tok.decode(ours.chat_prompt(messages), skip_special_tokens=False) == want
