@@ -285,3 +285,30 @@ def test_cli_options_and_a_missing_model(tmp_path, capsys):
     assert args.host == "127.0.0.1" and args.port is None and not hasattr(args, "share")
     assert main(["demo", "--model", str(tmp_path / "nowhere")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_remask_demo_prints_no_library_warning_while_serving(test_model_dir):
+    """The command, as run: a request through the page leaves nothing on stderr but our own start-up line."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "demo", "--model", str(test_model_dir)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "running at" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+        assert "running at" in line, line
+        url = line.split("running at ")[1].split(" ")[0]
+        job = Client(url, verbose=False).submit(*_args(INTERVALS), api_name="/fill")
+        job.result(timeout=300)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert "Warning" not in err and "warn" not in err.lower(), err

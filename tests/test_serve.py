@@ -670,3 +670,28 @@ def test_lsp_loads_a_remote_engine(server, monkeypatch):
     text = "def mean(values):\n    total = <FILL>\n"
     assert eng.fill(text, text.index("<FILL>")).edits == state.scheduler.engine.fill(
         text, text.index("<FILL>"), settings=s).edits
+
+
+def test_demo_with_a_remote_engine(server):
+    """``remask demo --server``: the page's Fill runs on the server and writes what the engine writes in process."""
+    from gradio_client import Client
+
+    from assistant.remote import RemoteEngine
+    from ui.demo.app import build_app, make_settings
+
+    url, state = server
+    text = "def mean(values):\n    total = <FILL>\n    return total / len(values)\n"
+    remote = RemoteEngine(url)
+    demo = build_app(remote, model_dir=None)
+    _, page, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        job = Client(page, verbose=False).submit(text, "python", "", "", "", 0.9, 0, 0, 0.0, 1, 0, 16,
+                                                 api_name="/fill")
+        job.result(timeout=300)
+        status, _live, _diff, new_code, _choices, details = job.outputs()[-1]
+    finally:
+        demo.close()
+    settings = make_settings(remote.settings, 0.9, 0, 0, 0.0, 1, 0, 16)
+    want = state.scheduler.engine.fill_all(text, language="python", settings=settings)
+    assert want.edits and new_code == want.new_text, status
+    assert details["stats"].get("nfe", 0) >= 1
