@@ -210,9 +210,11 @@ def _fixed_schedule(n_masked: int, steps: int) -> list[int]:
 class _Row:
     """Decoding state of one batch row."""
 
-    def __init__(self, prompt: list[int], max_new: int, block: int) -> None:
+    def __init__(self, prompt: list[int], max_new: int, block: int, align: bool = False) -> None:
         self.prompt_len = len(prompt)
         self.limit = len(prompt) + max_new  # canvas end: the last block may be cut short
+        if align:  # ``DecodeConfig.align_canvas``: the canvas ends on a block boundary instead
+            self.limit = math.ceil(self.limit / block) * block
         self.width = math.ceil(self.limit / block) * block  # tensor width, block aligned
         self.block_start = (len(prompt) // block) * block
         self.done = False
@@ -251,10 +253,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
     t0 = time.perf_counter()
 
-    rows = [_Row(list(p), cfg.max_new_tokens, B) for p in prompts]
-    if cfg.align_canvas:
-        for r in rows:
-            r.limit = math.ceil(r.limit / B) * B
+    rows = [_Row(list(p), cfg.max_new_tokens, B, cfg.align_canvas) for p in prompts]
     n = len(rows)
     cap = max(r.width for r in rows)
     if max(r.limit for r in rows) > mcfg.max_position_embeddings:
@@ -516,7 +515,7 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
     B = cfg.block_size or mcfg.block_size
     mask_id, eos_id = mcfg.mask_token_id, mcfg.eos_token_id
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    r = _Row(list(prompt), cfg.max_new_tokens, B)
+    r = _Row(list(prompt), cfg.max_new_tokens, B, cfg.align_canvas)
     x = torch.full((1, r.limit), mask_id, dtype=torch.long)
     x[0, : r.prompt_len] = torch.tensor(list(prompt))
     _new_block(r, x, cfg, B, mask_id, 0)

@@ -201,9 +201,9 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int = 2) -> Tokenizer
 def _post_processor_adds_bos(tok: HFTokenizer) -> bool | None:
     """True/False when tokenizer.json has a template post-processor (it does / does not put a BOS first),
     else None."""
-    try:
-        post = json.loads(tok.to_str()).get("post_processor")
-    except (ValueError, AttributeError):
+    try:  # the post-processor alone: serializing the whole tokenizer would copy its vocabulary
+        post = json.loads(tok.post_processor.__getstate__()) if tok.post_processor is not None else None
+    except (ValueError, AttributeError, TypeError):
         return None
     for proc in (post or {}).get("processors") or [post or {}]:
         if proc.get("type") == "TemplateProcessing":
