@@ -3,7 +3,9 @@
 Clients that template prompts themselves (Continue's llama.cpp provider, Twinny, Zed, Tabby with a
 ``prompt_template``) send one string with another model family's FIM tokens. ``parse_prompt`` recognises
 those token sets and returns prefix, suffix and context files, which the server lays out in its own
-suffix-first format; a prompt with none of them is a plain continuation (prefix only).
+suffix-first format. A repository-level prompt with file separators but no FIM markers (Twinny's
+"repository level" Qwen template: ``<|repo_name|>r\\n<|file_sep|>a.py\\n...<|file_sep|>cur.py\\n{prefix}``)
+is its context files and a prefix; a prompt with none of them is a plain continuation (prefix only).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ DIALECTS: tuple[_Dialect, ...] = (
     _Dialect("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", (), ("<｜begin▁of▁sentence｜>",)),
     _Dialect("codellama", "<PRE>", "<SUF>", "<MID>", (), ("<s>",)),
     _Dialect("codestral", "[PREFIX]", "[SUFFIX]", None, (), ("<s>",)),
+    _Dialect("glm", "<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>", (), ("<|endoftext|>",)),  # Zed
 )
 
 
@@ -106,7 +109,20 @@ def parse_prompt(prompt: str) -> FimParts:
             if t:
                 suffix = suffix.replace(t, "")
         return FimParts(prefix + _strip_one_space(middle, spaced, False), suffix, _context_files(preamble, d), d.name)
+    for d in DIALECTS:
+        if any(t in prompt for t in d.file_sep):
+            return _file_level(prompt, d)
     return FimParts(prompt, "", [], None)
+
+
+def _file_level(prompt: str, d: _Dialect) -> FimParts:
+    """A repository-level prompt without FIM markers: the chunks before the last separator are context files,
+    the last one is the current file's ``path\\n`` header and its text up to the cursor (the prefix)."""
+    for t in d.drop:
+        prompt = prompt.replace(t, "")
+    last, sep = max((prompt.rfind(t), t) for t in d.file_sep if t in prompt)
+    _, _, prefix = prompt[last + len(sep):].partition("\n")
+    return FimParts(prefix, "", _context_files(prompt[:last], d), d.name)
 
 
 # ---------------------------------------------------------------------------------------------- fields
