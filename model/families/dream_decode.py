@@ -48,8 +48,9 @@ class DreamConfig:
     delete_eos: bool = True
     # Fast approximate mode (never the default): "dual" keeps the keys of the columns outside the masked region
     # from the last full forward (Fast-dLLM's dual cache) and forwards only the masked region between refreshes,
-    # every ``refresh`` steps. Under full attention those keys depend on the middle, so tokens can differ from the
-    # exact mode; refresh 1 is the exact mode.
+    # every ``refresh`` steps (DreamOn: also after every expand or delete, which shift the columns). Under full
+    # attention those keys depend on the middle, so tokens can differ from the exact mode; refresh 1 is the exact
+    # mode. Results count the full forwards in ``extra['full_forwards']``.
     cache: str = "none"
     refresh: int = 8
 
@@ -182,14 +183,15 @@ def dream_generate(model, prompts: Sequence[Sequence[int]], cfg: DreamConfig | N
         x[i, plen - len(p): plen] = torch.tensor(list(p))
         x[i, : plen - len(p)] = pad_id
         real[i, : plen - len(p)] = False
-    x, logp_of, nfe = _denoise(model, x, real, cfg, gen, callback, cancel)
+    x, logp_of, nfe, full = _denoise(model, x, real, cfg, gen, callback, cancel)
     seqs, gens, lps = [], [], []
     for i, p in enumerate(prompts):
         row = x[i].tolist()
         seqs.append(row[plen - len(p):])
         gens.append(row[plen:])
         lps.append([logp_of.get((i, c), 0.0) for c in range(plen, total)])
-    return DreamResult(sequences=seqs, generated=gens, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0)
+    return DreamResult(sequences=seqs, generated=gens, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0,
+                       extra={"full_forwards": full})
 
 
 @torch.no_grad()
@@ -212,15 +214,18 @@ def dream_canvas_generate(model, canvases: Sequence[Sequence[int]], cfg: DreamCo
     for i, c in enumerate(canvases):
         x[i, width - len(c):] = torch.tensor(list(c))
         real[i, width - len(c):] = True
-    x, logp_of, nfe = _denoise(model, x, real, cfg, gen, callback, cancel, per_row_k=True)
+    x, logp_of, nfe, full = _denoise(model, x, real, cfg, gen, callback, cancel, per_row_k=True)
     seqs = [x[i, width - len(c):].tolist() for i, c in enumerate(canvases)]
     lps = [[logp_of.get((i, width - len(c) + j), 0.0) for j in range(len(c))] for i, c in enumerate(canvases)]
-    return DreamResult(sequences=seqs, generated=seqs, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0)
+    return DreamResult(sequences=seqs, generated=seqs, logprobs=lps, nfe=nfe, elapsed_s=time.perf_counter() - t0,
+                       extra={"full_forwards": full})
 
 
 def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: torch.Generator | None,
-             callback, cancel, per_row_k: bool = False) -> tuple[torch.Tensor, dict[tuple[int, int], float], int]:
-    """The diffusion_generate loop over a left-padded canvas (``real`` marks non-pad positions)."""
+             callback, cancel, per_row_k: bool = False
+             ) -> tuple[torch.Tensor, dict[tuple[int, int], float], int, int]:
+    """The diffusion_generate loop over a left-padded canvas (``real`` marks non-pad positions). Returns the
+    canvas, log p per committed (row, column), forwards, and how many of those ran over the whole canvas."""
     n, total = x.shape
     mask_id = remask_config(model).mask_token_id
     device = next(model.parameters()).device
@@ -231,7 +236,7 @@ def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: 
     x, pos, allowed = x.to(device), pos.to(device), allowed.to(device)
     timesteps = torch.linspace(1, cfg.eps, cfg.steps + 1)
     logp_of: dict[tuple[int, int], float] = {}
-    nfe = 0
+    nfe = n_full = 0
     cache = _ColumnCache() if cfg.cache == "dual" else None
     for step in range(cfg.steps):
         if cancel is not None and cancel():
@@ -241,9 +246,10 @@ def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: 
         mask_index = x == mask_id
         if not mask_index.any():
             break
-        logits = _shifted_logits(model, x, pos, allowed, mask_index, cache=cache,
-                                 full=cache is None or step % cfg.refresh == 0)
+        full = cache is None or step % cfg.refresh == 0
+        logits = _shifted_logits(model, x, pos, allowed, mask_index, cache=cache, full=full)
         nfe += 1
+        n_full += full
         t, s = timesteps[step], timesteps[step + 1]
         rows, cols = mask_index.nonzero(as_tuple=True)
         if cfg.alg == "origin":
@@ -283,7 +289,7 @@ def _denoise(model, x: torch.Tensor, real: torch.Tensor, cfg: DreamConfig, gen: 
                             logp_of[(r, c)] = float(prob[r, c].clamp_min(1e-30).log())
         if callback is not None:
             callback(step, x)
-    return x.cpu(), logp_of, nfe
+    return x.cpu(), logp_of, nfe, n_full
 
 
 @torch.no_grad()
@@ -297,6 +303,12 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
     becomes two masks, an EOS written at a mask is deleted (a mask appended at the end), and with
     ``pad_eos_to_right`` the masks right of the first EOS become EOS (then deleted). The middle is the window
     slice after the prefix; its length is the result's ``extra['middle_len']``.
+
+    ``cfg.cache == "dual"`` (approximate, never the default): a full forward every ``cfg.refresh`` steps and on
+    the step after any expand or delete (those shift every column right of the edit, so cached keys would sit at
+    the wrong columns and positions); between, only the columns from the first mask's predecessor to the last mask
+    of the window are forwarded over the other columns' cached keys. ``extra['full_forwards']`` counts the full
+    ones; with ``refresh=1`` every forward is full and the tokens are the exact mode's.
     """
     cfg = cfg or DreamConfig()
     cfg.validate()
@@ -320,6 +332,8 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
     lp = [0.0] * max_tokens  # log p of each position's token when it was written, moved with the edits
     n_gen, budget, nfe = cfg.min_gen_len, cfg.max_gen_len, 0
     ar = torch.arange(max_tokens, device=device)
+    cache = _ColumnCache() if cfg.cache == "dual" else None
+    n_full, since_full, shifted = 0, 0, True  # the first forward is full
     for step in range(cfg.steps):
         if cancel is not None and cancel():
             from ..decoder import DecodeCancelled
@@ -332,8 +346,12 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
             break
         pos = torch.where(inside, ar, torch.ones_like(ar))[None]
         allowed = ((inside[None, :] & inside[:, None]) | torch.eye(max_tokens, dtype=torch.bool, device=device))
-        logits = _shifted_logits(model, x, pos, allowed[None], mask_index[None])
+        full = cache is None or shifted or since_full >= cfg.refresh
+        logits = _shifted_logits(model, x, pos, allowed[None], mask_index[None], cache=cache, full=full)
         nfe += 1
+        n_full += full
+        since_full = 1 if full else since_full + 1
+        shifted = False
         if window == max_tokens or budget == 0:
             logits[:, expand_id] -= 1e9
         conf, x0, p_tok = _propose(logits, cfg, gen)
@@ -353,6 +371,7 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
             seq[idx: idx + 1] = [mask_id, mask_id]
             lp[idx: idx + 1] = [0.0, 0.0]
             n_gen += 1
+            shifted = True
             budget -= 1
             seq, lp = seq[:max_tokens], lp[:max_tokens]
         if cfg.delete_eos:
@@ -364,6 +383,7 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
                 seq.append(mask_id)
                 lp.append(0.0)
                 n_gen -= 1
+                shifted = True
         x = torch.tensor(seq, dtype=torch.long, device=device)[None]
         if callback is not None:
             callback(step, seq[len(prefix): len(prefix) + n_gen])
@@ -371,4 +391,4 @@ def dreamon_infill(model, prefix: Sequence[int], suffix: Sequence[int], cfg: Dre
     middle = seq[len(prefix): len(prefix) + n_gen]
     return DreamResult(sequences=[seq[: L0 - cfg.min_gen_len + n_gen]], generated=[middle],
                        logprobs=[lp[len(prefix): len(prefix) + n_gen]], nfe=nfe, elapsed_s=time.perf_counter() - t0,
-                       extra={"middle_len": n_gen})
+                       extra={"middle_len": n_gen, "full_forwards": n_full})

@@ -32,8 +32,12 @@ def fill_lengths(max_new_tokens: int, hint: int | None = None) -> list[int]:
 def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_new_tokens: int,
                     hints: Sequence[int | None] | None = None, steps: int | None = None, temperature: float = 0.0,
                     seed: int | None = 0, stop_ids: Sequence[int] = (), callback: Callable | None = None,
-                    cancel: Callable[[], bool] | None = None):
-    """Fill each ``(prefix ids, suffix ids)`` hole with a full-attention family; returns a ``DecodeResult``."""
+                    cancel: Callable[[], bool] | None = None, cache: str = "none", refresh: int = 8):
+    """Fill each ``(prefix ids, suffix ids)`` hole with a full-attention family; returns a ``DecodeResult``.
+
+    ``cache="dual"`` is the approximate dual-cache mode (``DreamConfig.cache``; a full forward every ``refresh``
+    steps, for DreamOn also after every length change); the default is the exact mode. The result's
+    ``extra['full_forwards']`` counts the forwards over whole canvases."""
     from ..decoder import DecodeResult, StepEvent
     from ..network import remask_config
     from .dream_decode import DreamConfig, dream_canvas_generate, dreamon_infill
@@ -49,7 +53,7 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
     toks: list[list[int]] = []
     lps: list[list[float]] = []
     fin: list[str] = []
-    nfe = 0
+    nfe = n_full = 0
     elapsed = 0.0
     if fam.can("expand_delete"):
         for j, ((prefix, suffix), hint) in enumerate(zip(jobs, hints, strict=True)):
@@ -67,9 +71,11 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
 
             res = dreamon_infill(model, head + list(prefix), list(suffix),
                                  DreamConfig(min_gen_len=lo, max_gen_len=hi, steps=steps or 2 * hi + lo,
-                                             temperature=temperature, seed=seed, top_k=None, alg="entropy"),
+                                             temperature=temperature, seed=seed, top_k=None, alg="entropy",
+                                             cache=cache, refresh=refresh),
                                  callback=step_cb, cancel=cancel)
             nfe += res.nfe
+            n_full += res.extra["full_forwards"]
             elapsed += res.elapsed_s
             mid = res.generated[0]
             cut = next((i for i, t in enumerate(mid) if t in stops), None)
@@ -77,7 +83,8 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
             lps.append(res.logprobs[0][: len(toks[-1])])
             fin.append("eos" if cut is not None else "length")
         return DecodeResult(tokens=toks, logprobs=lps, commit_steps=[[0] * len(t) for t in toks], finish=fin,
-                            nfe=nfe, steps=nfe, elapsed_s=elapsed, extra={"family": fam.name})
+                            nfe=nfe, steps=nfe, elapsed_s=elapsed,
+                            extra={"family": fam.name, "full_forwards": n_full})
     rows: list[tuple[int, int, int]] = []  # (job, canvas length n, prefix length)
     canvases: list[list[int]] = []
     for j, ((prefix, suffix), hint) in enumerate(zip(jobs, hints, strict=True)):
@@ -99,7 +106,8 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
                            done=[False] * len(jobs), mask_id=cfg.mask_token_id, elapsed_s=0.0))
 
     res = dream_canvas_generate(model, canvases, DreamConfig(steps=steps or longest, temperature=temperature,
-                                                             seed=seed, top_k=None, alg="entropy"),
+                                                             seed=seed, top_k=None, alg="entropy", cache=cache,
+                                                             refresh=refresh),
                                 callback=on_step, cancel=cancel)
     best: dict[int, tuple[float, list[int], list[float], str]] = {}
     for i, (j, n, p) in enumerate(rows):
@@ -117,7 +125,8 @@ def infill_generate(model, jobs: Sequence[tuple[Sequence[int], Sequence[int]]], 
         fin.append(f)
     return DecodeResult(tokens=toks, logprobs=lps, commit_steps=[[0] * len(t) for t in toks], finish=fin,
                         nfe=res.nfe, steps=res.nfe, elapsed_s=res.elapsed_s,
-                        extra={"family": fam.name, "canvas_lengths": sorted({n for _, n, _ in rows})})
+                        extra={"family": fam.name, "canvas_lengths": sorted({n for _, n, _ in rows}),
+                               "full_forwards": res.extra["full_forwards"]})
 
 
 # DecodeConfig.confidence -> the Dream family's alg of the same rule.
