@@ -57,6 +57,43 @@ class BlockKVCache:
                 self.values[i] = self.values[i][rows]
         self.batch = int(rows.numel())
 
+    # A slot pool for rows that join and leave between steps (``model.decoder.BlockDecoder``): the tensors are
+    # allocated for more rows than are active; a forward runs over a view of a contiguous run of slots, so its
+    # writes land in the pool and no step copies the cache.
+
+    def reserve(self, rows: int, capacity: int, heads: int, head_dim: int, dtype: torch.dtype,
+                device: torch.device | str) -> None:
+        """Make room for ``rows`` slots of ``capacity`` positions; existing slots keep their keys."""
+        have_rows = self.keys[0].shape[0] if self.keys[0] is not None else 0
+        if self.keys[0] is not None and have_rows >= rows and self.capacity >= capacity:
+            return
+        new_rows, new_cap = max(rows, have_rows), max(capacity, self.capacity)
+        for i in range(self.num_layers):
+            k = torch.zeros(new_rows, heads, new_cap, head_dim, dtype=dtype, device=device)
+            v = torch.zeros_like(k)
+            if self.keys[i] is not None:
+                old_k, old_v = self.keys[i], self.values[i]
+                k[: old_k.shape[0], :, : old_k.shape[2]] = old_k
+                v[: old_v.shape[0], :, : old_v.shape[2]] = old_v
+            self.keys[i], self.values[i] = k, v
+        self.capacity = new_cap
+        self.batch = new_rows
+
+    def view(self, start: int, stop: int) -> BlockKVCache:
+        """A cache over slots ``[start, stop)`` that shares this one's memory (forwards write through it)."""
+        if self.keys[0] is None or not 0 <= start < stop <= self.keys[0].shape[0]:
+            raise ValueError(f"slots [{start}, {stop}) are not allocated")
+        v = BlockKVCache(self.num_layers, stop - start, self.capacity)
+        v.keys = [k[start:stop] for k in self.keys]  # type: ignore[index]
+        v.values = [t[start:stop] for t in self.values]  # type: ignore[index]
+        return v
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot ``src`` into slot ``dst`` (a leaving row's slot takes the last active row)."""
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[dst] = k[src]  # type: ignore[index]
+            v[dst] = v[src]  # type: ignore[index]
+
 
 class PromptCache:
     """The KV of the last prompt's whole blocks, for the next ``generate`` whose prompt starts the same way.

@@ -10,8 +10,9 @@ mask left. Commit rule: a fixed number of steps per block, or a confidence thres
 every masked position at or above tau).
 
 Beyond the reference: batches with per-row prompt lengths and per-row stopping (rows step in lockstep,
-a row's commit forward shares the batched forward with other rows' denoising steps), a callback after
-every step, cancellation between steps, stop strings, NFE and tokens-per-forward counts.
+a row's commit forward shares the batched forward with other rows' denoising steps), rows that join and leave
+between steps (``BlockDecoder``, the server's continuous batching), a callback after every step, cancellation
+between steps, stop strings, NFE and tokens-per-forward counts.
 """
 
 from __future__ import annotations
@@ -208,14 +209,15 @@ def _fixed_schedule(n_masked: int, steps: int) -> list[int]:
 
 
 class _Row:
-    """Decoding state of one batch row."""
+    """Decoding state of one row: its canvas ``x`` (prompt, then masks), block pointer, schedule and scores."""
 
     def __init__(self, prompt: list[int], max_new: int, block: int, align: bool = False) -> None:
+        self.prompt = prompt
         self.prompt_len = len(prompt)
         self.limit = len(prompt) + max_new  # canvas end: the last block may be cut short
         if align:  # ``DecodeConfig.align_canvas``: the canvas ends on a block boundary instead
             self.limit = math.ceil(self.limit / block) * block
-        self.width = math.ceil(self.limit / block) * block  # tensor width, block aligned
+        self.width = math.ceil(self.limit / block) * block  # block aligned
         self.block_start = (len(prompt) // block) * block
         self.done = False
         self.finish = "length"
@@ -224,6 +226,232 @@ class _Row:
         self.schedule: list[int] = []
         self.logp: dict[int, float] = {}
         self.step_of: dict[int, int] = {}
+        self.x = torch.empty(0, dtype=torch.long)  # set by the decoder: width + one block of masks (windows)
+        self.cfg: DecodeConfig | None = None
+        self.gen: torch.Generator | None = None
+        self.reused = 0  # prompt tokens whose keys came from a prompt cache
+        self.committed = 0  # tokens committed by the step numbered ``committed_step``
+        self.committed_step = -1
+        self.joined_nfe = 0  # the decoder's forward count when the row joined (its share of the work)
+
+    def canvas(self, block: int) -> list[int]:
+        """Generated tokens so far, ``mask_id`` where still masked (up to the current block's end)."""
+        end = min(self.block_start + block, self.limit)
+        return self.x[self.prompt_len: max(end, self.prompt_len)].tolist()
+
+
+class BlockDecoder:
+    """Block-diffusion decoding over rows that join and leave between denoising steps (continuous batching).
+
+    ``add`` prefills new rows into free slots of one KV pool while the others wait; ``step`` runs one batched
+    forward over every active row (each at its own block) and returns the rows it finished, which leave the
+    batch at once (the last active slot moves into a freed one: one row's keys copied, never the whole cache).
+    ``generate`` is this class with every row added up front, so the parity tests against Stable-DiffCoder's
+    published code hold for the server's continuous batching too. Rows may carry their own ``DecodeConfig``
+    (length, threshold, temperature, stop strings) and generator; the block size is the decoder's.
+    """
+
+    def __init__(self, model, cfg: DecodeConfig | None = None, *, tokenizer=None,
+                 gen: torch.Generator | None = None) -> None:
+        cfg = cfg or DecodeConfig()
+        cfg.validate()
+        mcfg = remask_config(model)
+        if cfg.mode != "diffusion":
+            raise ValueError("BlockDecoder decodes diffusion checkpoints; use generate(mode='ar') for AR")
+        if mcfg.logit_shift:
+            raise ValueError("this checkpoint is autoregressive (logit shift); decode it with mode='ar'")
+        self.model, self.cfg, self.mcfg, self.tokenizer = model, cfg, mcfg, tokenizer
+        self.B = cfg.block_size or mcfg.block_size
+        self.mask_id, self.eos_id = mcfg.mask_token_id, mcfg.eos_token_id
+        p = next(model.parameters())
+        self.device, self._dtype = p.device, p.dtype
+        hf = model.config
+        self._heads = hf.num_key_value_heads or hf.num_attention_heads
+        self._head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        self.gen = gen if gen is not None else (
+            torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None)
+        self.rows: list[_Row] = []  # active; row k sits in cache slot k
+        self.pool = BlockKVCache(mcfg.num_hidden_layers, 0, 0)
+        self.nfe = 0
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    # ---------------------------------------------------------------------------------------------- rows
+
+    @torch.no_grad()
+    def add(self, prompts: Sequence[Sequence[int]], cfgs: Sequence[DecodeConfig | None] | None = None, *,
+            prompt_caches: Sequence[PromptCache | None] | None = None,
+            gens: Sequence[torch.Generator | None] | None = None) -> list[_Row]:
+        """Prefill new rows and make them active; returns them in input order.
+
+        A row with a prompt cache reuses the keys of the whole blocks its prompt shares with the cache's last
+        prompt and leaves its own there. Rows that reuse the same number of tokens prefill in one forward.
+        """
+        n = len(prompts)
+        if n == 0:
+            return []
+        cfgs = list(cfgs) if cfgs is not None else [None] * n
+        pcs = list(prompt_caches) if prompt_caches is not None else [None] * n
+        gens = list(gens) if gens is not None else [None] * n
+        if not len(cfgs) == len(pcs) == len(gens) == n:
+            raise ValueError("prompts, cfgs, prompt_caches and gens differ in length")
+        B, ctx = self.B, self.mcfg.max_position_embeddings
+        new: list[_Row] = []
+        for p, c in zip(prompts, cfgs, strict=True):
+            c = c or self.cfg
+            if c is not self.cfg:
+                c.validate()
+                if (c.block_size or self.mcfg.block_size) != B or c.mode != "diffusion":
+                    raise ValueError(f"a row's block size must be the decoder's ({B}), its mode diffusion")
+            if len(p) == 0:
+                raise ValueError("a prompt is empty: start it with at least one token (e.g. bos)")
+            r = _Row(list(p), c.max_new_tokens, B, c.align_canvas)
+            if r.limit > ctx:
+                raise ValueError(f"prompt plus {c.max_new_tokens} new tokens ({r.limit}) exceeds the model "
+                                 f"context ({ctx}); shorten the context")
+            r.cfg = c
+            r.x = torch.full((r.width + B,), self.mask_id, dtype=torch.long)
+            r.x[: r.prompt_len] = torch.tensor(r.prompt, dtype=torch.long)
+            new.append(r)
+        for r, pc, g in zip(new, pcs, gens, strict=True):
+            r.gen = g
+            if pc is not None and r.block_start > 0:
+                r.reused = pc.reusable(self.model, r.prompt[: r.block_start], B)
+        base = len(self.rows)
+        order = sorted(range(n), key=lambda k: new[k].reused)  # equal reuse, adjacent slots: one prefill each
+        self.pool.reserve(base + n, max(r.width for r in new) + B, self._heads, self._head_dim, self._dtype,
+                          self.device)
+        slot = {k: base + j for j, k in enumerate(order)}
+        # Every load before any prefill or store: two rows may share a cache (an editor's slot, N candidates).
+        for k in range(n):
+            if new[k].reused:
+                pcs[k].load_into(self.pool.view(slot[k], slot[k] + 1), new[k].reused)  # type: ignore[union-attr]
+        j = 0
+        while j < n:
+            group = [order[j]]
+            while j + len(group) < n and new[order[j + len(group)]].reused == new[group[0]].reused:
+                group.append(order[j + len(group)])
+            j += len(group)
+            a, reused = slot[group[0]], new[group[0]].reused
+            pre = max(new[k].block_start for k in group)
+            if pre > reused:
+                xs = torch.stack([new[k].x[:pre] if len(new[k].x) >= pre else torch.cat(
+                    [new[k].x, torch.full((pre - len(new[k].x),), self.mask_id, dtype=torch.long)])
+                    for k in group])
+                _prefill(self.model, xs, torch.tensor([new[k].block_start for k in group]), reused, pre, B,
+                         self.pool.view(a, a + len(group)), self.device)
+                self.nfe += 1  # one prefill, however many memory-bounded chunks it took
+        stored: set[int] = set()
+        for k in range(n):
+            pc = pcs[k]
+            if pc is not None and new[k].block_start > 0 and id(pc) not in stored:
+                stored.add(id(pc))
+                pc.store(self.model, new[k].prompt[: new[k].block_start], B, self.pool.view(slot[k], slot[k] + 1))
+        for r in new:
+            r.joined_nfe = self.nfe
+            _new_block(r, r.cfg, B, self.mask_id)  # type: ignore[arg-type]
+        self.rows.extend(new[k] for k in order)
+        return new
+
+    def remove(self, rows: Sequence[_Row]) -> None:
+        """Take rows out of the batch (finished, or their client went away); their slots are reused."""
+        slots = sorted((k for k, r in enumerate(self.rows) if any(r is q for q in rows)), reverse=True)
+        for k in slots:  # highest first, so the last active row is never one being removed
+            last = len(self.rows) - 1
+            if k != last:
+                self.pool.move(last, k)
+                self.rows[k] = self.rows[last]
+            self.rows.pop()
+
+    # --------------------------------------------------------------------------------------------- steps
+
+    @torch.no_grad()
+    def step(self) -> list[_Row]:
+        """One batched forward over every active row; returns the rows that finished (they have left)."""
+        rows = self.rows
+        if not rows:
+            return []
+        B, mask_id, eos_id = self.B, self.mask_id, self.eos_id
+        starts = torch.tensor([r.block_start for r in rows])
+        if any(r.carry for r in rows):
+            # Fused commit: the window also holds the previous block, whose clean keys get written now.
+            ws = (starts - B).clamp_min(0)
+            win_pos = ws[:, None] + torch.arange(2 * B)[None]
+            offset = starts - ws
+        else:
+            win_pos = starts[:, None] + torch.arange(B)[None]
+            offset = torch.zeros_like(starts)
+        full_ids = torch.stack([r.x[w] for r, w in zip(rows, win_pos, strict=True)])
+        kv_len = int(win_pos.max()) + 1
+        key_pos = torch.arange(kv_len)[None]
+        limits = torch.tensor([r.limit for r in rows])[:, None]
+        # Positions past a row's canvas end do not exist: no query sees them (a cut last block is shorter).
+        allowed = block_causal_mask(win_pos, key_pos, B) & (key_pos < limits)[:, None, :]
+        allowed |= win_pos[:, :, None] == key_pos[:, None, :]  # a padded query sees itself (no NaN)
+        sel = offset[:, None] + torch.arange(B)[None]  # the current block inside the window
+        d = self.device
+        logits = forward_logits(self.model, full_ids.to(d), win_pos.to(d), allowed.to(d),
+                                cache=self.pool.view(0, len(rows)), kv_len=kv_len, keep=sel.to(d)).float()
+        win_ids = torch.gather(full_ids, 1, sel)
+        self.nfe += 1
+        self.steps += 1
+        step = self.steps
+        logits[..., mask_id] = float("-inf")
+        finished = []
+        for j, r in enumerate(rows):
+            r.carry = False
+            cfg = r.cfg
+            assert cfg is not None
+            if r.commit_pending:  # this forward was the row's commit pass
+                r.commit_pending = False
+                r.block_start += B
+                if r.block_start >= r.limit:
+                    r.done, r.finish = True, "length"
+                    finished.append(r)
+                else:
+                    _new_block(r, cfg, B, mask_id)
+                continue
+            block_end = min(r.block_start + B, r.limit)
+            masked = (win_ids[j, : block_end - r.block_start] == mask_id).nonzero().flatten()
+            if masked.numel() == 0:
+                continue
+            x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule, r.gen if r.gen is not None else self.gen)
+            for c in chosen.tolist():
+                p = int(r.block_start + masked[c])
+                r.x[p] = int(x0[c])
+                r.logp[p] = float(logp[c])
+                r.step_of[p] = step
+            r.committed, r.committed_step = len(chosen), step
+            window = r.x[r.block_start: block_end]
+            gen_from = max(r.block_start, r.prompt_len)
+            if cfg.stop_at_eos and cfg.eos_fill:
+                _fill_after_eos(r.x[gen_from: block_end], eos_id, mask_id)
+            if (window == mask_id).any():
+                continue
+            # Block finished: EOS (generated part only), stop strings, length, or commit and go on.
+            if cfg.stop_at_eos and (r.x[gen_from: block_end] == eos_id).any():
+                r.done, r.finish = True, "eos"
+            elif cfg.stop_strings and self.tokenizer is not None and _hit_stop(
+                    self.tokenizer, r.x[r.prompt_len: block_end], cfg.stop_strings):
+                r.done, r.finish = True, "stop"
+            elif block_end >= r.limit:
+                r.done, r.finish = True, "length"
+            elif self.cfg.fuse_commit:
+                r.block_start += B
+                r.carry = True
+                _new_block(r, cfg, B, mask_id)
+            else:
+                r.commit_pending = True
+            if r.done:
+                finished.append(r)
+        if finished:
+            self.remove(finished)
+        return finished
+
+    def result(self, rows: Sequence[_Row]) -> DecodeResult:
+        """Tokens, scores and finish reasons of ``rows`` (finished or not) as a ``DecodeResult``."""
+        return _result(list(rows), self.tokenizer, self.eos_id, self.mask_id, self.nfe, self.steps,
+                       time.perf_counter() - self.t0)
 
 
 @torch.no_grad()
@@ -241,138 +469,28 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: DecodeConfig | None =
         raise ValueError("no prompts")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("a prompt is empty: start it with at least one token (e.g. bos)")
-    mcfg = remask_config(model)
     if cfg.mode == "ar":
         return _generate_ar(model, prompts, cfg, tokenizer, callback, cancel)
-    if mcfg.logit_shift:
-        raise ValueError("this checkpoint is autoregressive (logit shift); decode it with mode='ar'")
-    B = cfg.block_size or mcfg.block_size
-    mask_id = mcfg.mask_token_id
-    eos_id = mcfg.eos_token_id
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    t0 = time.perf_counter()
-
-    rows = [_Row(list(p), cfg.max_new_tokens, B, cfg.align_canvas) for p in prompts]
-    n = len(rows)
-    cap = max(r.width for r in rows)
-    if max(r.limit for r in rows) > mcfg.max_position_embeddings:
-        raise ValueError(f"prompt plus {cfg.max_new_tokens} new tokens ({max(r.limit for r in rows)}) exceeds "
-                         f"the model context "
-                         f"({mcfg.max_position_embeddings}); shorten the context")
-    x = torch.full((n, cap), mask_id, dtype=torch.long)
-    for i, (r, p) in enumerate(zip(rows, prompts, strict=True)):
-        x[i, : r.prompt_len] = torch.tensor(list(p), dtype=torch.long)
-    cache = BlockKVCache(mcfg.num_hidden_layers, n, cap)
-    active = list(range(n))
-    nfe = 0
-
-    # Prefill the whole prompt blocks of every row in one forward (minus the blocks the prompt cache has).
-    pre = max(r.block_start for r in rows)
-    head = list(prompts[0][:pre])
-    same = prompt_cache is not None and pre > 0 and all(list(p) == list(prompts[0]) for p in prompts[1:])
-    reused = prompt_cache.reusable(model, head, B) if same else 0
-    if reused:
-        prompt_cache.load_into(cache, reused)
-    if pre > reused:
-        _prefill(model, x, torch.tensor([r.block_start for r in rows]), reused, pre, B, cache, device)
-        nfe += 1  # one prefill, however many memory-bounded chunks it took
-    if same:
-        prompt_cache.store(model, head, B, cache)
-
-    for i, r in enumerate(rows):
-        _new_block(r, x, cfg, B, mask_id, i)
-    step = 0
-    while active:
+    dec = BlockDecoder(model, cfg, tokenizer=tokenizer)
+    same = prompt_cache is not None and all(list(p) == list(prompts[0]) for p in prompts[1:])
+    rows = dec.add(prompts, prompt_caches=[prompt_cache] * len(prompts) if same else None)
+    while dec.rows:
         if cancel is not None and cancel():
             raise DecodeCancelled()
-        starts = torch.tensor([rows[i].block_start for i in active])
-        if any(rows[i].carry for i in active):
-            # Fused commit: the window also holds the previous block, whose clean keys get written now.
-            ws = (starts - B).clamp_min(0)
-            win_pos = ws[:, None] + torch.arange(2 * B)[None]
-            offset = starts - ws
-        else:
-            win_pos = starts[:, None] + torch.arange(B)[None]
-            offset = torch.zeros_like(starts)
-        full_ids = torch.gather(x[active], 1, win_pos)
-        kv_len = int(win_pos.max()) + 1
-        key_pos = torch.arange(kv_len)[None]
-        limits = torch.tensor([rows[i].limit for i in active])[:, None]
-        # Positions past a row's canvas end do not exist: no query sees them (a cut last block is shorter).
-        allowed = block_causal_mask(win_pos, key_pos, B) & (key_pos < limits)[:, None, :]
-        allowed |= win_pos[:, :, None] == key_pos[:, None, :]  # a padded query sees itself (no NaN)
-        sel = offset[:, None] + torch.arange(B)[None]  # the current block inside the window
-        logits = forward_logits(model, full_ids.to(device), win_pos.to(device), allowed.to(device),
-                                cache=cache, kv_len=kv_len, keep=sel.to(device)).float()
-        win_ids = torch.gather(full_ids, 1, sel)
-        for i in active:
-            rows[i].carry = False
-        nfe += 1
-        step += 1
-        logits[..., mask_id] = float("-inf")
-        committed = [0] * n
-        finished_now = []
-        for j, i in enumerate(active):
-            r = rows[i]
-            if r.commit_pending:  # this forward was the row's commit pass
-                r.commit_pending = False
-                r.block_start += B
-                if r.block_start >= r.limit:
-                    r.done, r.finish = True, "length"
-                    finished_now.append(i)
-                else:
-                    _new_block(r, x, cfg, B, mask_id, i)
-                continue
-            block_end = min(r.block_start + B, r.limit)
-            masked = (win_ids[j, : block_end - r.block_start] == mask_id).nonzero().flatten()
-            if masked.numel() == 0:
-                continue
-            x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule, gen)
-            for c in chosen.tolist():
-                p = int(r.block_start + masked[c])
-                x[i, p] = int(x0[c])
-                r.logp[p] = float(logp[c])
-                r.step_of[p] = step
-            committed[i] = len(chosen)
-            window = x[i, r.block_start: block_end]
-            gen_from = max(r.block_start, r.prompt_len)
-            if cfg.stop_at_eos and cfg.eos_fill:
-                _fill_after_eos(x[i, gen_from: block_end], eos_id, mask_id)
-            if (window == mask_id).any():
-                continue
-            # Block finished: EOS (generated part only), stop strings, length, or commit and go on.
-            if cfg.stop_at_eos and (x[i, gen_from: block_end] == eos_id).any():
-                r.done, r.finish = True, "eos"
-            elif cfg.stop_strings and tokenizer is not None and _hit_stop(
-                    tokenizer, x[i, r.prompt_len: block_end], cfg.stop_strings):
-                r.done, r.finish = True, "stop"
-            elif block_end >= r.limit:
-                r.done, r.finish = True, "length"
-            elif cfg.fuse_commit:
-                r.block_start += B
-                r.carry = True
-                _new_block(r, x, cfg, B, mask_id, i)
-            else:
-                r.commit_pending = True
-            if r.done:
-                finished_now.append(i)
+        dec.step()
         if callback is not None:
-            callback(StepEvent(step=step, nfe=nfe, rows=[_canvas(x, rows, i, B) for i in range(n)],
-                               committed=committed, done=[r.done for r in rows], mask_id=mask_id,
-                               elapsed_s=time.perf_counter() - t0))
-        if finished_now:
-            keep_rows = [j for j, i in enumerate(active) if not rows[i].done]
-            active = [active[j] for j in keep_rows]
-            if active:
-                cache.select_rows(torch.tensor(keep_rows, device=device))
-    res = _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
-    res.extra["prompt_tokens_reused"] = reused
+            s = dec.steps
+            callback(StepEvent(step=s, nfe=dec.nfe, rows=[r.canvas(dec.B) for r in rows],
+                               committed=[r.committed if r.committed_step == s else 0 for r in rows],
+                               done=[r.done for r in rows], mask_id=dec.mask_id,
+                               elapsed_s=time.perf_counter() - dec.t0))
+    res = dec.result(rows)
+    res.extra["prompt_tokens_reused"] = rows[0].reused
     return res
 
 
-def _new_block(r: _Row, x: torch.Tensor, cfg: DecodeConfig, B: int, mask_id: int, i: int) -> None:
-    n_masked = int((x[i, r.block_start: min(r.block_start + B, r.limit)] == mask_id).sum())
+def _new_block(r: _Row, cfg: DecodeConfig, B: int, mask_id: int) -> None:
+    n_masked = int((r.x[r.block_start: min(r.block_start + B, r.limit)] == mask_id).sum())
     steps = cfg.steps_per_block or B
     if cfg.commit_rule == "sdar":  # from the block length, not the masks left (SDAR's get_num_transfer_tokens)
         r.schedule = _fixed_schedule(B, steps)
@@ -388,21 +506,17 @@ def _fill_after_eos(gen: torch.Tensor, eos_id: int, mask_id: int) -> None:
         tail[tail == mask_id] = eos_id
 
 
-def _canvas(x: torch.Tensor, rows: list[_Row], i: int, B: int) -> list[int]:
-    r = rows[i]
-    end = min(r.block_start + B, r.limit)
-    return x[i, r.prompt_len: max(end, r.prompt_len)].tolist()
-
-
 def _hit_stop(tokenizer, ids: torch.Tensor, stops: tuple[str, ...]) -> bool:
     text = tokenizer.decode(ids.tolist())
     return any(s in text for s in stops)
 
 
-def _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, steps, elapsed) -> DecodeResult:
+def _result(rows: list[_Row], tokenizer, eos_id, mask_id, nfe, steps, elapsed) -> DecodeResult:
     toks, lps, sts, fin, texts = [], [], [], [], []
-    for i, r in enumerate(rows):
-        seq = x[i, r.prompt_len: r.limit].tolist()
+    for r in rows:
+        cfg = r.cfg
+        assert cfg is not None
+        seq = r.x[r.prompt_len: r.limit].tolist()
         if mask_id in seq:  # a row that stopped early (stop string) leaves masks after its last block
             seq = seq[: seq.index(mask_id)]
         if cfg.stop_at_eos and eos_id in seq:
@@ -449,6 +563,8 @@ def _generate_ar(model, prompts, cfg: DecodeConfig, tokenizer, callback, cancel)
     for i, p in enumerate(prompts):
         x[i, : lens[i]] = torch.tensor(list(p))
     rows = [_Row(list(p), cfg.max_new_tokens, 1) for p in prompts]
+    for i, r in enumerate(rows):
+        r.x, r.cfg = x[i], cfg
     cache = BlockKVCache(mcfg.num_hidden_layers, n, cap)
     nfe = 0
     pre = max(lens) - 1  # every row's prompt except its last token
@@ -502,7 +618,7 @@ def _generate_ar(model, prompts, cfg: DecodeConfig, tokenizer, callback, cancel)
             active = [active[j] for j in keep_rows]
             if active:
                 cache.select_rows(torch.tensor(keep_rows, device=device))
-    return _result(x, rows, cfg, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
+    return _result(rows, tokenizer, eos_id, mask_id, nfe, step, time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -518,7 +634,8 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
     r = _Row(list(prompt), cfg.max_new_tokens, B, cfg.align_canvas)
     x = torch.full((1, r.limit), mask_id, dtype=torch.long)
     x[0, : r.prompt_len] = torch.tensor(list(prompt))
-    _new_block(r, x, cfg, B, mask_id, 0)
+    r.x = x[0]
+    _new_block(r, cfg, B, mask_id)
     device = next(model.parameters()).device
     while True:
         end = min(r.block_start + B, r.limit)
@@ -542,7 +659,7 @@ def reference_generate(model, prompt: Sequence[int], cfg: DecodeConfig) -> list[
         if end >= r.limit:
             break
         r.block_start += B
-        _new_block(r, x, cfg, B, mask_id, 0)
+        _new_block(r, cfg, B, mask_id)
     seq = x[0, r.prompt_len: r.limit].tolist()
     if cfg.stop_at_eos and eos_id in seq:
         seq = seq[: seq.index(eos_id)]

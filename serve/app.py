@@ -31,6 +31,10 @@ from .scheduler import Completion, CompletionResult, Job, JobCancelled, QueueFul
 OLLAMA_VERSION = "0.12.0"  # what /api/version reports: clients compare it against features they need
 
 
+# A token budget above this is a mistake, not a ceiling: no model has a context that long.
+IMPOSSIBLE_PREDICT = 1 << 20
+
+
 @dataclass
 class ServeConfig:
     """What ``remask serve`` was started with (the server's side of every request)."""
@@ -159,10 +163,12 @@ class Server:
             return self.cfg.max_predict
         if v < 0:
             raise BadRequest(f"'{name}' must be -1 (as many as allowed) or a count from 0 to {self.cfg.max_predict}")
-        if v > self.cfg.max_predict:
-            raise BadRequest(f"'{name}' is {v}; this server allows at most {self.cfg.max_predict} "
-                             f"(start it with --max-predict to raise the limit)")
-        return v
+        if v > IMPOSSIBLE_PREDICT:
+            raise BadRequest(f"'{name}' is {v}; no model has that many positions (this server allows at most "
+                             f"{self.cfg.max_predict}; start it with --max-predict to raise the limit)")
+        # A budget above the server's limit is a ceiling, not an error, as llama.cpp and Ollama treat it:
+        # Continue asks for 4096 tokens unless configured otherwise.
+        return min(v, self.cfg.max_predict)
 
     def sampling(self, body: dict, seed_name: str = "seed") -> tuple[float, int | None]:
         t = field_of(body, "temperature", float, 0.0, minimum=0.0, maximum=100.0)
@@ -324,7 +330,14 @@ def _llama_body(srv: Server, r: CompletionResult, slot: int, final: bool = True)
             "tokens_predicted": r.tokens_predicted, "tokens_evaluated": r.prompt_tokens,
             "has_new_line": "\n" in r.text, "truncated": r.truncated,
             "stop_type": {"eos": "eos", "stop": "word"}.get(r.finish, "limit"),
-            "stopping_word": r.stopping_word or "", "tokens_cached": r.tokens_cached, "timings": _timings(r)}
+            "stopping_word": r.stopping_word or "", "tokens_cached": r.tokens_cached, "timings": _timings(r),
+            # llama.vscode's status line reads generation_settings.n_ctx unguarded (src/statusbar.ts)
+            "generation_settings": {"n_ctx": _context(srv), "model": srv.cfg.model_name}}
+
+
+def _context(srv: Server) -> int:
+    eng = srv.scheduler.engine
+    return int(eng.cfg.max_position_embeddings) if eng is not None else 0
 
 
 async def _llama(srv: Server, request: Request, infill: bool) -> Response:
@@ -338,7 +351,8 @@ async def _llama(srv: Server, request: Request, infill: bool) -> Response:
     else:
         parts = parse_prompt(text_prompt(body, "prompt"))
         parts_prefix, parts_suffix, extra = parts.prefix, parts.suffix, parts.extra
-    n = srv.n_predict(body, "n_predict")
+    # llama.cpp takes max_tokens as an alias of n_predict (Twinny's llamacpp provider sends only that)
+    n = srv.n_predict(body, "n_predict" if "n_predict" in body or "max_tokens" not in body else "max_tokens")
     temperature, seed = srv.sampling(body)
     stream = field_of(body, "stream", bool, False)
     fields = body.get("response_fields")

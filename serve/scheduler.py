@@ -1,12 +1,17 @@
-"""One worker thread that owns the model: requests queue up, and completions that wait together decode together.
+"""One worker thread that owns the model: requests queue up, and completions decode together.
 
-Completion rows (every FIM/continuation dialect) that are queued while a batch decodes form the next batch:
-one ``model.decoder.generate`` call over rows of different prompt lengths. A row leaves as soon as the
-decoder finishes it (its answer goes back from the step callback, before the rest of the batch is done),
-or when its client disconnects, a newer request for the same slot arrives, or its ``t_max_predict_ms``
-passes after it has written a line; the batch stops between steps once every row has left. Engine
-operations (``/remask/v1/edit``) run one at a time through the engine's own methods, so they give exactly
-the in-process result. Each client slot keeps its own prompt cache, so llama.vim's warm-up requests pay off.
+Completion rows (every FIM/continuation dialect) of a block-diffusion checkpoint are decoded with continuous
+batching (``model.decoder.BlockDecoder``): between two denoising steps the worker admits waiting requests into
+the running batch (their prompts are prefilled into free slots of one KV pool while the others wait for that
+one forward) and answers the rows the step finished, which leave at once. A row also leaves when its client
+disconnects, a newer request for the same slot arrives, or its ``t_max_predict_ms`` passes after it has
+written a line. Each row keeps its own length, temperature, seed and stop strings, so its answer does not
+depend on who else is in the batch. Requests are admitted in arrival order, up to ``max_batch`` rows and
+``max_batch_tokens`` tokens in the batch. Engine operations (``/remask/v1/edit``) run one at a time through
+the engine's own methods, so they give exactly the in-process result; one at the head of the queue waits for
+the running rows to finish and keeps later requests behind it. Checkpoints the block decoder cannot run
+(autoregressive, full-attention families) decode the waiting rows as one ``generate`` batch instead. Each
+client slot keeps its own prompt cache, so llama.vim's warm-up requests pay off.
 """
 
 from __future__ import annotations
@@ -101,6 +106,21 @@ class Job:
         return True
 
 
+@dataclass
+class _Live:
+    """A completion row in the continuous batch."""
+
+    job: Job
+    row: object  # model.decoder._Row
+    prompt_len: int
+    truncated: bool
+    t_join: float  # its prefill began
+    t_ready: float  # its prefill ended
+    cost: int  # tokens it holds (prompt + new): the batch's token budget
+    batch_max: int = 1  # the most rows it shared a forward with
+    sent: str = ""  # what was streamed so far
+
+
 class Scheduler:
     """Queue plus worker thread over one ``Engine`` (see the module docstring)."""
 
@@ -118,6 +138,9 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self._pending: list[Job] = []
         self._running: list[Job] = []
+        self._live: list[_Live] = []  # the continuous batch (worker thread only)
+        self._decoder = None  # model.decoder.BlockDecoder, made on first use
+        self._continuous: bool | None = None  # whether the checkpoint can use it
         self._by_slot: dict[str, Job] = {}
         self._caches: OrderedDict[str, object] = OrderedDict()
         self._max_slots = max_slots
@@ -207,42 +230,82 @@ class Scheduler:
                 self._pending.clear()
             return
         while True:
+            admit: list[Job] = []
+            batch: list[Job] = []
             with self._cv:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._live and not self._stopping:
                     self._cv.wait()
-                if not self._pending:
+                if not self._pending and not self._live:
                     return
-                first = self._pending.pop(0)
-                batch = [first]
-                if first.kind == "complete" and first.payload.max_new > 0:  # a warm-up runs alone (its slot's cache)
-                    key = self._key(first.payload)
-                    budget = self.max_batch_tokens - self._estimate(first.payload)
-                    for j in list(self._pending):
-                        if len(batch) >= self.max_batch:
-                            break
-                        if j.kind == "complete" and self._key(j.payload) == key:
-                            cost = self._estimate(j.payload)
-                            if cost > budget:
-                                break
-                            budget -= cost
-                            batch.append(j)
-                            self._pending.remove(j)
-                self._running = batch
+                if self._live or (self._pending and self._pending[0].kind == "complete" and self._can_stream()):
+                    admit = self._admit_locked()
+                else:
+                    batch = self._take_batch_locked()
+                self._running = batch + admit + [lv.job for lv in self._live]
                 self.metrics.set("remask_queue_depth", len(self._pending))
             try:
-                if first.kind == "op":
-                    self._run_op(first)
+                if admit or self._live:
+                    self._continue(admit)
+                elif batch[0].kind == "op":
+                    self._run_op(batch[0])
                 else:
                     self._run_batch(batch)
             except BaseException as e:  # noqa: BLE001 - the worker must survive any request
-                for j in batch:
+                for j in batch + admit + [lv.job for lv in self._live]:
                     j.resolve(error=e)
+                self._live, self._decoder = [], None  # a fresh pool: the old one's state is unknown
             finally:
                 with self._cv:
-                    self._running = []
-                    for j in batch:
-                        if j.slot is not None and self._by_slot.get(j.slot) is j:
+                    running = {id(lv.job) for lv in self._live}
+                    self._running = [lv.job for lv in self._live]
+                    for j in batch + admit:
+                        if id(j) not in running and j.slot is not None and self._by_slot.get(j.slot) is j:
                             del self._by_slot[j.slot]
+
+    def _can_stream(self) -> bool:
+        """Whether completions go through the continuous block decoder (a block-diffusion checkpoint)."""
+        if self._continuous is None:
+            eng = self.engine
+            mode = eng._decode_config(eng.settings).mode
+            self._continuous = mode == "diffusion" and getattr(eng.family, "attention", "block") != "full"
+        return self._continuous
+
+    def _admit_locked(self) -> list[Job]:
+        """Waiting completions that join the running batch now: in arrival order, while rows and tokens fit
+        (an operation at the head of the queue waits for the batch to drain, and keeps the rest behind it)."""
+        rows = len(self._live)
+        tokens = sum(lv.cost for lv in self._live)
+        out = []
+        while self._pending and self._pending[0].kind == "complete":
+            j = self._pending[0]
+            c = j.payload
+            cost = 0 if c.max_new == 0 else self._estimate(c)  # a warm-up only prefills
+            if cost and (rows >= self.max_batch or (rows and tokens + cost > self.max_batch_tokens)):
+                break
+            self._pending.pop(0)
+            out.append(j)
+            if cost:
+                rows, tokens = rows + 1, tokens + cost
+        return out
+
+    def _take_batch_locked(self) -> list[Job]:
+        """The head of the queue: an operation alone, or the completions that decode with it as one batch."""
+        first = self._pending.pop(0)
+        batch = [first]
+        if first.kind == "complete" and first.payload.max_new > 0:  # a warm-up runs alone (its slot's cache)
+            key = self._key(first.payload)
+            budget = self.max_batch_tokens - self._estimate(first.payload)
+            for j in list(self._pending):
+                if len(batch) >= self.max_batch:
+                    break
+                if j.kind == "complete" and self._key(j.payload) == key:
+                    cost = self._estimate(j.payload)
+                    if cost > budget:
+                        break
+                    budget -= cost
+                    batch.append(j)
+                    self._pending.remove(j)
+        return batch
 
     def _estimate(self, c: Completion) -> int:
         """Tokens a row will hold (prompt within the context budget, plus its new tokens), from its length in
@@ -301,6 +364,139 @@ class Scheduler:
         p = eng._fim_prompt(c.prefix, c.suffix, s, reserve=len(extra_ids))
         head = 1 if eng.bos is not None else 0
         return p.ids[:head] + extra_ids + p.ids[head:], p.trimmed or keep < len(extra_ids)
+
+    # ------------------------------------------------------------------------------- continuous batching
+
+    def _row_config(self, c: Completion):
+        """A row's own decoding settings: the server's, with the request's length, sampling and stops."""
+        eng = self.engine
+        s = replace(eng.settings, max_new_tokens=max(c.max_new, 1), temperature=c.temperature, seed=c.seed)
+        return replace(eng._decode_config(s), stop_strings=tuple(c.stop))
+
+    def _continue(self, admit: list[Job]) -> None:
+        """Admit ``admit`` into the running batch, then run one denoising step and answer what it finished."""
+        import torch
+
+        from assistant.api import EngineError
+        from model.decoder import BlockDecoder
+
+        eng = self.engine
+        if self._decoder is None:
+            self._decoder = BlockDecoder(eng.model, eng._decode_config(eng.settings), tokenizer=eng.tok)
+        dec = self._decoder
+        self._drop_cancelled()
+        joiners: list[tuple[Job, list[int], bool]] = []
+        for j in admit:
+            if j.cancelled.is_set():
+                j.resolve(error=JobCancelled(j.reason))
+                continue
+            try:
+                ids, trunc = self.prompt_ids(j.payload)
+            except EngineError as e:
+                j.resolve(error=e)
+                continue
+            joiners.append((j, ids, trunc))
+        if joiners:
+            cfgs = [self._row_config(j.payload) for j, _, _ in joiners]
+            gens = [torch.Generator().manual_seed(j.payload.seed) if j.payload.seed is not None else None
+                    for j, _, _ in joiners]
+            t_join = time.perf_counter()
+            try:
+                with eng._lock:
+                    rows = dec.add([ids for _, ids, _ in joiners], cfgs,
+                                   prompt_caches=[self.cache_for(j.slot) for j, _, _ in joiners], gens=gens)
+            except ValueError as e:
+                for j, _, _ in joiners:
+                    j.resolve(error=EngineError(str(e)))
+                rows = []
+            t_ready = time.perf_counter()
+            if rows:
+                self.metrics.observe_batch(len(rows), 1, 0)
+            for (j, ids, trunc), row in zip(joiners, rows, strict=False):
+                lv = _Live(job=j, row=row, prompt_len=len(ids), truncated=trunc, t_join=t_join, t_ready=t_ready,
+                           cost=len(ids) + max(j.payload.max_new, 1))
+                if j.payload.max_new == 0:  # a warm-up: its prompt's keys are in the slot's cache now
+                    dec.remove([row])
+                    self._answer(lv, [], "length")
+                else:
+                    self._live.append(lv)
+        if not self._live:
+            return
+        n = len(self._live)
+        with eng._lock:
+            finished = dec.step()
+        self.metrics.observe_batch(n, 1, 0)
+        gone = {id(r) for r in finished}
+        now = time.perf_counter()
+        keep = []
+        for lv in self._live:
+            lv.batch_max = max(lv.batch_max, n)
+            row = lv.row
+            if id(row) in gone:
+                res = dec.result([row])
+                self._answer(lv, res.tokens[0], res.finish[0])
+                continue
+            c = lv.job.payload
+            if lv.job.progress is not None or c.t_max_predict_ms is not None:
+                toks = self._so_far(row)
+                if c.t_max_predict_ms is not None and (now - lv.t_join) * 1000 > c.t_max_predict_ms:
+                    # A time cap: answer with the lines written so far (the whole text while there is no line)
+                    dec.remove([row])
+                    self._answer(lv, toks, "time", cut_line=True)
+                    continue
+                if lv.job.progress is not None:
+                    text, _ = self._finish_text(c, toks)
+                    safe = text.rstrip("\ufffd")
+                    if len(safe) > len(lv.sent) and safe.startswith(lv.sent):
+                        lv.job.progress(safe[len(lv.sent):])
+                        lv.sent = safe
+            keep.append(lv)
+        self._live = keep
+
+    def _drop_cancelled(self) -> None:
+        """Rows whose client went away (or a newer request replaced) leave before the next forward."""
+        out = [lv for lv in self._live if lv.job.cancelled.is_set() or lv.job.future.done()]
+        if not out:
+            return
+        self._decoder.remove([lv.row for lv in out])
+        for lv in out:
+            lv.job.resolve(error=JobCancelled(lv.job.reason or "cancelled"))
+        self._live = [lv for lv in self._live if lv not in out]
+
+    def _so_far(self, row) -> list[int]:
+        """A running row's generated tokens up to its first mask or EOS."""
+        eng = self.engine
+        seq = row.canvas(self._decoder.B)
+        if eng.mask in seq:
+            seq = seq[: seq.index(eng.mask)]
+        if eng.eos in seq:
+            seq = seq[: seq.index(eng.eos)]
+        return seq
+
+    def _finish_text(self, c: Completion, toks: list[int]) -> tuple[str, str | None]:
+        text, word = cut_stop(self.engine.tok.decode(toks), c.stop)
+        return cut_indent(text, c.n_indent), word
+
+    def _answer(self, lv: _Live, toks: list[int], finish: str, cut_line: bool = False) -> None:
+        c: Completion = lv.job.payload  # type: ignore[assignment]
+        now = time.perf_counter()
+        warm = c.max_new == 0
+        text, word = ("", None) if warm else self._finish_text(c, toks)
+        if cut_line and "\n" in text.rstrip("\n"):
+            text = text[: text.rstrip("\n").rfind("\n") + 1]
+            if len(lv.sent) > len(text) and lv.sent.startswith(text):
+                text = lv.sent  # never less than what was already streamed
+        if word is not None:
+            finish = "stop"
+        row = lv.row
+        res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks), prompt_tokens=lv.prompt_len,
+                               tokens_cached=row.reused, truncated=lv.truncated, finish=finish,
+                               stopping_word=word, prompt_ms=(lv.t_ready - lv.t_join) * 1000,
+                               predicted_ms=(now - lv.t_ready) * 1000, batch_size=lv.batch_max,
+                               nfe=self._decoder.nfe - row.joined_nfe + 1,
+                               queued_ms=(lv.t_join - lv.job.submitted) * 1000)
+        self.metrics.observe_completion(res)
+        lv.job.resolve(res)
 
     def _run_batch(self, batch: list[Job]) -> None:
         from assistant.api import EngineError

@@ -5,7 +5,8 @@ The reference (../shared/reference/stable-diffcoder/modeling_stable_diffcoder.py
 a subprocess with it first on the path; remask keeps the installed transformers. Both decode small random
 checkpoints written in the published folder layout, greedily in float32, and every remask decode path must
 give the reference's token ids: the cached decoder with the fused commit on and off, the uncached path,
-the prompt cache, a batch of rows of different prompt lengths, and ``remask generate --json``.
+the prompt cache, a batch of rows of different prompt lengths, rows that join a running batch between
+steps (the server's continuous batching), and ``remask generate --json``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from reference import transformers_at
 
 from model import DecodeConfig, generate, load_checkpoint, reference_generate
+from model.decoder import BlockDecoder
 from model.cache import PromptCache
 from model.testing import make_test_tokenizer, write_stable_diffcoder_folder
 
@@ -145,6 +147,39 @@ def test_batched_rows_of_different_lengths_give_the_reference_tokens(parity) -> 
             res = generate(model, [cases[i]["prompt"] for i in idx], _config(cases[idx[0]]))
             bad = _mismatches([cases[i] for i in idx], res.tokens, [want[i] for i in idx])
             assert not bad, "\n".join(bad[:10])
+
+
+def test_rows_joining_a_running_batch_give_the_reference_tokens(parity) -> None:
+    """The server's continuous batching: rows join between denoising steps (a new one every other step, shorter
+    and longer prompts, so the KV pool grows and slots freed by finished rows are reused), each with its own
+    schedule, length and threshold; two thirds come through per-client prompt caches. Every row must still
+    decode exactly as the reference decodes it alone."""
+    for folder, cases, want in parity:
+        model, _ = load_checkpoint(folder)
+        for B in BLOCKS:
+            idx = [i for i, c in enumerate(cases) if c["block_length"] == B]
+            dec = BlockDecoder(model, DecodeConfig(block_size=B))
+            caches = [PromptCache(), PromptCache(), None]
+            got: dict[int, list[int]] = {}
+            live: dict[int, object] = {}
+            queue = list(idx)
+            joined = 0
+            while queue or dec.rows:
+                if queue and (dec.steps % 2 == 0 or not dec.rows):
+                    i = queue.pop(0)
+                    (row,) = dec.add([cases[i]["prompt"]], [_config(cases[i])],
+                                     prompt_caches=[caches[joined % 3]])
+                    live[i] = row
+                    joined += 1
+                if dec.rows:
+                    dec.step()
+                for i, row in list(live.items()):
+                    if row.done:
+                        got[i] = dec.result([row]).tokens[0]
+                        del live[i]
+            cs, ws, gs = [cases[i] for i in idx], [want[i] for i in idx], [got[i] for i in idx]
+            assert not _mismatches(cs, gs, ws), "\n".join(_mismatches(cs, gs, ws)[:10])
+            assert dec.pool.keys[0].shape[0] < len(idx)  # freed slots were reused
 
 
 def test_generate_cli_json_gives_the_reference_tokens(parity) -> None:

@@ -14,8 +14,9 @@ Sources read (README "Clients" names the same versions):
 - minuet-ai.nvim milanglacier/minuet-ai.nvim v0.10.0 + 8 (479487c)
 
 Values a user sets (token budgets) are small here to keep the CPU decode short; every other field is the
-client's default. Where a client needs something the server does not do yet, the test is a strict xfail naming
-the change (in serve/app.py, outside this file).
+client's default. Three of these found gaps that the server now closes: llama.vscode reads
+``generation_settings.n_ctx``, Continue asks for 4096 tokens by default (a budget above ``--max-predict`` is a
+ceiling, as in llama.cpp and Ollama), and Twinny's llama.cpp provider sends its budget as ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -91,10 +92,6 @@ def test_llama_vscode_infill(server):
         assert isinstance(d["timings"][k], (int, float))
 
 
-@pytest.mark.xfail(strict=True, reason="the /infill answer has no generation_settings: llama.vscode's status line "
-                   "reads data.generation_settings.n_ctx unguarded (src/statusbar.ts showInfo), and the TypeError "
-                   "skips its context-chunk collection; serve/app.py _llama_body should add "
-                   "generation_settings={n_ctx: engine context, ...}")
 def test_llama_vscode_reads_generation_settings(server):
     url, _ = server
     d = json.loads(post(url + "/infill", _llama_vscode_body(4))[2])
@@ -212,10 +209,6 @@ def _status_only(url: str, path: str, body: dict, headers: dict) -> int:
     return int(line.split()[1])
 
 
-@pytest.mark.xfail(strict=True, reason="Continue sends maxTokens 4096 unless the config sets "
-                   "defaultCompletionOptions.maxTokens, and the server answers 400 for n_predict/num_predict/"
-                   "max_tokens above --max-predict (1024); serve/app.py Server.n_predict should clamp to "
-                   "max_predict (as llama.cpp and Ollama do) instead of refusing")
 @pytest.mark.parametrize("provider", ["llama.cpp", "ollama", "mistral"])
 def test_continue_default_max_tokens(server, provider):
     url, _ = server
@@ -333,9 +326,6 @@ def test_twinny_llamacpp_framing(server):
     assert events and all(isinstance(e["content"], str) for e in events) and events[-1]["stop"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="Twinny's llamacpp provider sends the budget as max_tokens, which llama.cpp's "
-                   "/completion accepts as an alias of n_predict; serve/app.py _llama reads only n_predict "
-                   "(should fall back to max_tokens when n_predict is absent)")
 def test_twinny_llamacpp_budget(server):
     url, _ = server
     text, events = _twinny_llamacpp(url, 2)
