@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import load_checkpoint  # noqa: E402
-from model.families.dream_decode import DreamConfig, dream_generate  # noqa: E402
+from model.families.dream_decode import DreamConfig, dream_generate, dreamon_infill  # noqa: E402
 from model.families.testing import write_family_checkpoint  # noqa: E402
 
 
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--refresh", default="1,2,4,8,16")
+    ap.add_argument("--family", choices=["dream", "dreamon"], default="dream",
+                    help="random checkpoint's family; dreamon: prefix/suffix halves of each prompt, middle up to --gen")
     ap.add_argument("--model", default=None, help="a trained Dream-family folder: run HumanEval-Infilling instead")
     ap.add_argument("--split", default="single-line", help="HumanEval-Infilling split (with --model)")
     ap.add_argument("--limit", type=int, default=60, help="tasks (a seeded subset, the harness's selection)")
@@ -60,34 +63,53 @@ def main() -> None:
         return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_family_checkpoint(Path(tmp) / "dream", "dream", hidden=args.hidden, layers=args.layers,
-                                         heads=max(4, args.hidden // 64), kv_heads=2)
+        # DreamOn: boosted expand / EOS rows, so that the random middles grow and shrink (bench_families.py's).
+        boost = {"<|expand|>": 2.5, "<|endoftext|>": 0.2} if args.family == "dreamon" else None
+        folder = write_family_checkpoint(Path(tmp) / args.family, args.family, hidden=args.hidden,
+                                         layers=args.layers, heads=max(4, args.hidden // 64), kv_heads=2, boost=boost)
         model, _ = load_checkpoint(folder)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(10, min(vocab, 500), (args.prompt,), generator=g).tolist() for _ in range(args.prompts)]
-    modes = [("exact", DreamConfig(max_new_tokens=args.gen, steps=args.gen, alg="entropy"))]
+    mcfg = model.remask_config
+    if args.family == "dreamon":
+        base_cfg = DreamConfig(min_gen_len=4, max_gen_len=args.gen, steps=2 * args.gen, alg="entropy", top_k=None)
+    else:
+        base_cfg = DreamConfig(max_new_tokens=args.gen, steps=args.gen, alg="entropy")
+    modes = [("exact", base_cfg)]
     for r in (int(x) for x in args.refresh.split(",")):
-        modes.append((f"dual, refresh {r}", DreamConfig(max_new_tokens=args.gen, steps=args.gen, alg="entropy",
-                                                        cache="dual", refresh=r)))
+        modes.append((f"dual, refresh {r}", replace(base_cfg, cache="dual", refresh=r)))
+
+    def run(p: list[int], cfg: DreamConfig):
+        if args.family == "dreamon":
+            h = len(p) // 2
+            return dreamon_infill(model, [mcfg.bos_token_id] + p[:h], p[h:], cfg)
+        return dream_generate(model, [p], cfg)
+
     times: dict[str, list[float]] = {m: [] for m, _ in modes}
     tokens: dict[str, list[list[int]]] = {}
+    forwards: dict[str, tuple[int, int]] = {}
     for _ in range(args.repeats):
         for name, cfg in modes:
             t0 = time.perf_counter()
-            out = [dream_generate(model, [p], cfg).generated[0] for p in prompts]
+            res = [run(p, cfg) for p in prompts]
             times[name].append(time.perf_counter() - t0)
-            tokens[name] = out
+            tokens[name] = [r.generated[0] for r in res]
+            forwards[name] = (sum(r.nfe for r in res), sum(r.extra["full_forwards"] for r in res))
     exact = tokens["exact"]
     total = sum(len(t) for t in exact)
     base = statistics.median(times["exact"])
-    print(f"| mode | s per {args.prompts} prompts | speed-up | tokens differing from exact |")
-    print("|---|---:|---:|---:|")
+    print(f"{args.family}, hidden {args.hidden}, {args.layers} layers, {args.prompts} prompts of {args.prompt}, "
+          f"gen {args.gen}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print(f"| mode | s per {args.prompts} prompts | speed-up | forwards (full canvas) | tokens differing from exact |")
+    print("|---|---:|---:|---:|---:|")
     for name, _ in modes:
         diff = sum(a != b for x, y in zip(exact, tokens[name], strict=True) for a, b in zip(x, y, strict=False))
         diff += sum(abs(len(x) - len(y)) for x, y in zip(exact, tokens[name], strict=True))
         t = statistics.median(times[name])
-        print(f"| {name} | {t:.2f} | {base / t:.2f}x | {diff}/{total} ({100 * diff / max(total, 1):.1f}%) |")
+        nfe, full = forwards[name]
+        print(f"| {name} | {t:.2f} | {base / t:.2f}x | {nfe} ({full}) | "
+              f"{diff}/{total} ({100 * diff / max(total, 1):.1f}%) |")
 
 
 def humaneval(args) -> None:
