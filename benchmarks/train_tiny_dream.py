@@ -46,55 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import load_checkpoint  # noqa: E402
+from model.families.testing import write_dream_from  # noqa: E402
 from model.network import run_body  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "remask-bench"
-# The default tokenizer's specials (ids 0-8) under the names a Dream folder gives them; 9-11 (chat roles) keep theirs.
-RENAME = {0: "<|beginoftext|>", 1: "<|fim_pad|>", 2: "<|endoftext|>", 3: "<|im_start|>", 4: "<|im_end|>",
-          5: "<|mask|>", 6: "<|fim_prefix|>", 7: "<|fim_suffix|>", 8: "<|fim_middle|>"}
 CANVAS = (16, 32, 64)
-
-
-def write_dream_folder(init: Path, out: Path) -> None:
-    """The default model converted to Dream's published layout (weights unchanged, zero q/k/v biases)."""
-    from safetensors.torch import load_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    src = json.loads((init / "config.json").read_text())
-    tj = json.loads((init / "tokenizer.json").read_text(encoding="utf-8"))
-    old = {t["id"]: t["content"] for t in tj["added_tokens"]}
-    for t in tj["added_tokens"]:
-        t["content"] = RENAME.get(t["id"], t["content"])
-    vocab = tj["model"]["vocab"]
-    for i, name in RENAME.items():
-        vocab[name] = vocab.pop(old[i])
-    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>",
-         "pad_token": "<|endoftext|>", "mask_token": "<|mask|>", "model_max_length": 2048}, indent=2))
-    L = src["num_hidden_layers"]
-    cfg = dict(architectures=["DreamModel"], model_type="Dream", _name_or_path="remask-tiny-dream",
-               auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-               vocab_size=src["vocab_size"], hidden_size=src["hidden_size"],
-               intermediate_size=src["intermediate_size"], num_hidden_layers=L,
-               num_attention_heads=src["num_attention_heads"], num_key_value_heads=src["num_key_value_heads"],
-               max_position_embeddings=src["max_position_embeddings"], rms_norm_eps=src["rms_norm_eps"],
-               rope_theta=src["rope_parameters"]["rope_theta"], rope_scaling=None, use_sliding_window=False,
-               sliding_window=None, max_window_layers=L, attention_dropout=0.0, hidden_act="silu",
-               initializer_range=0.02, tie_word_embeddings=False, use_cache=False, torch_dtype="float32",
-               bos_token_id=0, eos_token_id=2, pad_token_id=2, mask_token_id=5, transformers_version="4.46.2")
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 2, "mask_token_id": 5, "alg": "entropy"}, indent=2))
-    sd = {k: v.float() for k, v in load_file(str(init / "model.safetensors")).items()}
-    sd["lm_head.weight"] = sd.get("lm_head.weight", sd["model.embed_tokens.weight"]).clone()
-    for i in range(L):
-        p = f"model.layers.{i}.self_attn."
-        for n in "qkv":
-            sd[p + f"{n}_proj.bias"] = torch.zeros(sd[p + f"{n}_proj.weight"].shape[0])
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
-
-
 def save_weights(model, out: Path) -> None:
     sd = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tmp = out / "model.safetensors.tmp"
@@ -204,7 +160,7 @@ def main() -> None:
     if not (corpus / "manifest.json").is_file():
         build_corpus(corpus, extensions=[".py"], holdout=["email", "json"], max_corpus_mb=args.corpus_mb,
                      log=lambda *a: None)
-    write_dream_folder(Path(args.init), out)
+    write_dream_from(Path(args.init), out)
     model, tok = load_checkpoint(out, dtype=torch.float32)
     fam = model.remask_config
     assert fam.family == "dream" and fam.logit_shift and fam.body == "qwen2", (fam.family, fam.body)

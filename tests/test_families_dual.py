@@ -117,3 +117,28 @@ def test_infill_generate_passes_the_cache_choice_through(dream, dreamon, family)
     fast = infill_generate(model, jobs, max_new_tokens=12, cache="dual", refresh=4)
     assert fast.extra["full_forwards"] < fast.nfe
     assert len(fast.tokens) == len(jobs)
+
+
+def test_the_default_model_in_dreams_layout_loads_as_dream_and_computes_the_same(tmp_path) -> None:
+    """The tiny trained Dream (benchmarks/train_tiny_dream.py) starts from this: a Qwen2 body with zero q/k/v biases
+    computes what the Llama body does, and the folder is read as a Dream checkpoint with Dream's special tokens."""
+    import torch
+
+    from model import DEFAULT_MODEL_DIR
+    from model.families.testing import write_dream_from
+    from model.network import forward_logits
+
+    folder = write_dream_from(DEFAULT_MODEL_DIR, tmp_path / "dream")
+    model, tok = load_checkpoint(folder, dtype=torch.float32)
+    ref, ref_tok = load_checkpoint(DEFAULT_MODEL_DIR, dtype=torch.float32)
+    cfg = model.remask_config
+    assert (cfg.family, cfg.body, cfg.logit_shift) == ("dream", "qwen2", True)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert tok.mask_id == cfg.mask_token_id == ref_tok.mask_id and cfg.eos_token_id == ref_tok.eos_id
+    assert tok.token_str(cfg.mask_token_id) == "<|mask|>" and tok.token_str(cfg.eos_token_id) == "<|endoftext|>"
+    assert tok.encode(TEXT) == ref_tok.encode(TEXT)
+    x = torch.tensor([ref_tok.encode(TEXT)])
+    pos = torch.arange(x.shape[1])[None]
+    full = torch.ones(1, x.shape[1], x.shape[1], dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_logits(model, x, pos, full), forward_logits(ref, x, pos, full))
