@@ -4,7 +4,8 @@ removes one, so the middle grows and shrinks while it is denoised; a hole needs 
 Detected as a Dream folder whose tokenizer has ``<|expand|>`` (151667) or whose config names
 ``expand_token_id``. Prompts are ``[bos] prefix [mask] * min_len suffix [eos]`` with bos ``<|beginoftext|>``.
 Decoding follows the official eval code (``batch_generate_with_expand_as_token``), in
-model/families/dream_decode.py.
+model/families/dream_decode.py. Its approximate dual-cache mode (``DreamConfig(cache="dual")``, never the default)
+must refresh the cache on every expand or delete: those shift the columns right of the edit.
 """
 
 from __future__ import annotations
