@@ -1,9 +1,13 @@
 """``remask serve``: /infill latency and throughput for 1, 4 and 16 concurrent clients.
 
     python benchmarks/bench_serve.py --requests 32 --n-predict 32
+    python benchmarks/bench_serve.py --typing 16x4   # 16 editors, 4 keystrokes each, one id_slot per editor
 
 Requests are llama.vim-shaped (256 lines of prefix, 64 of suffix, the cursor's line typed so far) at cursor
-positions spread over ``assistant/engine.py``. Measured in one run, same requests everywhere:
+positions spread over ``assistant/engine.py``: every request a new place, so no prompt cache helps. With
+``--typing CxK`` there are C editors instead, each typing into its own line (K requests, two characters apart,
+with its own ``id_slot`` as llama.vim sends them), so each editor's slot cache holds most of its next prompt,
+as in real use. Measured in one run, same requests everywhere:
 
 * in process: the same prompt built and decoded by this process with no HTTP (the baseline for overhead),
   paired request by request with the server under 1 client, so that the machine's load drifts hit both;
@@ -43,6 +47,25 @@ def make_requests(n: int, n_predict: int, before: int = 256, after: int = 64) ->
                     "input_suffix": cur[x:] + "".join(lines[y + 1: y + 1 + after]), "n_predict": n_predict,
                     "cache_prompt": True, "samplers": ["top_k", "top_p", "infill"], "t_max_prompt_ms": 500,
                     "stream": False})
+    return out
+
+
+def make_typing(editors: int, keys: int, n_predict: int, before: int = 256, after: int = 64) -> list[dict]:
+    """``editors`` streams of ``keys`` requests each: one line typed two characters at a time, one slot each."""
+    lines = (ROOT / "assistant" / "engine.py").read_text().splitlines(keepends=True)
+    out = []
+    for e in range(editors):
+        y = 60 + (e * 977) % (len(lines) - 120)
+        while len(lines[y].strip()) < 2 * keys + 4:  # a line long enough to type into
+            y += 1
+        cur = lines[y]
+        x0 = len(cur) - len(cur.lstrip())
+        for k in range(keys):
+            x = x0 + 2 * (k + 1)
+            out.append({"id_slot": e, "input_prefix": "".join(lines[max(0, y - before): y]), "prompt": cur[:x],
+                        "input_suffix": cur[x:] + "".join(lines[y + 1: y + 1 + after]), "n_predict": n_predict,
+                        "cache_prompt": True, "samplers": ["top_k", "top_p", "infill"], "t_max_prompt_ms": 500,
+                        "stream": False})
     return out
 
 
@@ -117,7 +140,8 @@ def start_server(model: str | None, extra: list[str]) -> tuple[subprocess.Popen,
 
 
 def clients(port: int, reqs: list[dict], n_clients: int) -> tuple[list[float], int, float]:
-    """Run ``reqs`` split over ``n_clients`` threads, each sending its next request when the last is answered."""
+    """Run ``reqs`` split over ``n_clients`` threads, each sending its next request when the last is answered
+    (an editor's requests, those of one ``id_slot``, stay in order on one thread)."""
     lat: list[float] = []
     tokens = [0]
     lock = threading.Lock()
@@ -131,7 +155,12 @@ def clients(port: int, reqs: list[dict], n_clients: int) -> tuple[list[float], i
                 lat.append(ms)
                 tokens[0] += n
 
-    threads = [threading.Thread(target=run, args=(reqs[i::n_clients],)) for i in range(n_clients)]
+    if "id_slot" in reqs[0]:
+        streams = sorted({r["id_slot"] for r in reqs})
+        parts = [[r for s in streams[i::n_clients] for r in reqs if r["id_slot"] == s] for i in range(n_clients)]
+    else:
+        parts = [reqs[i::n_clients] for i in range(n_clients)]
+    threads = [threading.Thread(target=run, args=(part,)) for part in parts]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -148,6 +177,8 @@ def main() -> int:
     ap.add_argument("--before", type=int, default=256, help="lines of prefix (llama.vim's n_prefix)")
     ap.add_argument("--after", type=int, default=64, help="lines of suffix (llama.vim's n_suffix)")
     ap.add_argument("--rounds", type=int, default=3, help="turns of the concurrent setups")
+    ap.add_argument("--typing", default=None, metavar="CxK",
+                    help="C editors typing K keystrokes each, one id_slot per editor (instead of --requests)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads, here and in the server (1: a busy 2-core machine thrashes with more)")
     a = ap.parse_args()
@@ -156,7 +187,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    reqs = make_requests(a.requests, a.n_predict, a.before, a.after)
+    if a.typing:
+        ed, keys = (int(v) for v in a.typing.lower().split("x"))
+        reqs = make_typing(ed, keys, a.n_predict, a.before, a.after)
+    else:
+        reqs = make_requests(a.requests, a.n_predict, a.before, a.after)
     local = InProcess(a.model)
     servers = [start_server(a.model, []), start_server(a.model, ["--max-batch", "1"])]
     try:
@@ -204,10 +239,11 @@ def main() -> int:
             ("server, 1 client", lat_srv, tok, t_srv, [tok / t_srv])]
     rows += [(name, g[0], g[1], g[2], g[3]) for name, g in got.items()]
     one_at_a_time = statistics.median(rows[-1][4])
-    print(f"{a.requests} /infill requests, n_predict {a.n_predict}, llama.vim-shaped ({a.before} lines before the "
-          f"cursor, {a.after} after), {a.rounds} rounds of the concurrent setups; server overhead (paired, p50 of "
-          f"server - in process per request): {statistics.median(diffs):+.1f} ms; on a 1-token request: "
-          f"{statistics.median(probe):+.1f} ms\n")
+    what = f"typing ({a.typing}, one id_slot per editor)" if a.typing else f"{a.requests} places"
+    print(f"{len(reqs)} /infill requests ({what}), n_predict {a.n_predict}, llama.vim-shaped ({a.before} lines "
+          f"before the cursor, {a.after} after), {a.rounds} rounds of the concurrent setups; server overhead "
+          f"(paired, p50 of server - in process per request): {statistics.median(diffs):+.1f} ms; on a 1-token "
+          f"request: {statistics.median(probe):+.1f} ms\n")
     print("| setup | p50 ms | p95 ms | tokens | aggregate tokens/s (median of rounds) | vs one at a time |\n"
           "|---|---:|---:|---:|---:|---:|")
     for name, lat, tok, _wall, tps in rows:

@@ -33,6 +33,9 @@ CONFIDENCES = ("low_confidence", "margin", "entropy", "random")
 # entries: one request prefills in one forward, a batch of a hundred long prompts (fill all holes of a
 # file) in several instead of one [rows, heads, L, L] attention matrix that runs a laptop out of memory.
 PREFILL_BUDGET = 1 << 25
+# On a CPU, rows joining a batch prefill together only while their padded prompt tokens stay under this (see
+# ``BlockDecoder._fits``).
+CPU_PREFILL_TOKENS = 1024
 
 
 def _prefill(model, x: torch.Tensor, limit: torch.Tensor, q0: int, q1: int, block: int, cache: BlockKVCache,
@@ -318,19 +321,26 @@ class BlockDecoder:
             if pc is not None and r.block_start > 0:
                 r.reused = pc.reusable(self.model, r.prompt[: r.block_start], B)
         base = len(self.rows)
-        order = sorted(range(n), key=lambda k: new[k].reused)  # equal reuse, adjacent slots: one prefill each
+        # Rows that reuse as much and have similar lengths sit in adjacent slots and prefill together.
+        order = sorted(range(n), key=lambda k: (new[k].reused, new[k].block_start))
         self.pool.reserve(base + n, max(r.width for r in new) + B, self._heads, self._head_dim, self._dtype,
                           self.device)
-        slot = {k: base + j for j, k in enumerate(order)}
+        # Rows whose prompts are the same (N candidates of one request) prefill once; the others get a copy.
+        first: dict[tuple, int] = {}
+        copy_of = {k: first.setdefault((new[k].reused, tuple(new[k].prompt[: new[k].block_start])), k)
+                   for k in order}
+        todo = [k for k in order if copy_of[k] == k]
+        layout = todo + [k for k in order if copy_of[k] != k]  # a prefill group's slots are adjacent
+        slot = {k: base + j for j, k in enumerate(layout)}
         # Every load before any prefill or store: two rows may share a cache (an editor's slot, N candidates).
-        for k in range(n):
+        for k in todo:
             if new[k].reused:
                 pcs[k].load_into(self.pool.view(slot[k], slot[k] + 1), new[k].reused)  # type: ignore[union-attr]
         j = 0
-        while j < n:
-            group = [order[j]]
-            while j + len(group) < n and new[order[j + len(group)]].reused == new[group[0]].reused:
-                group.append(order[j + len(group)])
+        while j < len(todo):
+            group = [todo[j]]
+            while j + len(group) < len(todo) and self._fits(group, new[todo[j + len(group)]], new):
+                group.append(todo[j + len(group)])
             j += len(group)
             a, reused = slot[group[0]], new[group[0]].reused
             pre = max(new[k].block_start for k in group)
@@ -341,6 +351,9 @@ class BlockDecoder:
                 _prefill(self.model, xs, torch.tensor([new[k].block_start for k in group]), reused, pre, B,
                          self.pool.view(a, a + len(group)), self.device)
                 self.nfe += 1  # one prefill, however many memory-bounded chunks it took
+        for k, src in copy_of.items():
+            if src != k and new[k].block_start > 0:
+                self.pool.move(slot[src], slot[k])
         stored: set[int] = set()
         for k in range(n):
             pc = pcs[k]
@@ -350,8 +363,23 @@ class BlockDecoder:
         for r in new:
             r.joined_nfe = self.nfe
             _new_block(r, r.cfg, B, self.mask_id)  # type: ignore[arg-type]
-        self.rows.extend(new[k] for k in order)
+        self.rows.extend(new[k] for k in layout)
         return new
+
+    def _fits(self, group: list[int], r: _Row, new: list[_Row]) -> bool:
+        """Whether ``r`` prefills in one forward with ``group``: the same reused prefix, padding every row to the
+        longest wastes at most a tenth of the work, and on a CPU the forward stays small. A prefill's cost is its
+        padded token count; on a CPU a batch of long prompts is also slower than the same prompts one by one (its
+        [rows, L, L] attention scores leave the cache), so there only short prompts share a forward, which saves
+        each its fixed cost."""
+        g = [new[k] for k in group]
+        if r.reused != g[0].reused:
+            return False
+        width = r.block_start - r.reused
+        if self.device.type == "cpu" and (len(g) + 1) * width > CPU_PREFILL_TOKENS:
+            return False
+        real = sum(q.block_start - q.reused for q in g) + width
+        return (len(g) + 1) * width <= 1.1 * max(real, 1)
 
     def remove(self, rows: Sequence[_Row]) -> None:
         """Take rows out of the batch (finished, or their client went away); their slots are reused."""
@@ -399,9 +427,9 @@ class BlockDecoder:
         logits[..., mask_id] = float("-inf")
         finished = []
         for j, r in enumerate(rows):
-            r.carry = False
             cfg = r.cfg
             assert cfg is not None
+            r.carry = False
             if r.commit_pending:  # this forward was the row's commit pass
                 r.commit_pending = False
                 r.block_start += B

@@ -249,11 +249,12 @@ def test_temperature_samples_from_the_softmax() -> None:
 
 
 def test_chunked_prefill_equals_one_forward(model64, monkeypatch) -> None:
-    """A batch of long prompts prefills in query chunks (bounded memory) with the same tokens and scores."""
+    """A batch of long prompts prefills in query chunks (bounded memory) with the same tokens and scores. (Their
+    lengths are within a tenth of each other, so the block decoder prefills them in one padded forward.)"""
     import model.decoder as dec
 
     rng = random.Random(3)
-    prompts = [[rng.randrange(10, 1000) for _ in range(n)] for n in (37, 5, 22, 40)]
+    prompts = [[rng.randrange(10, 1000) for _ in range(n)] for n in (37, 38, 40, 39)]
     cache = PromptCache()
     for cfg in (DecodeConfig(max_new_tokens=9, threshold=0.3), DecodeConfig(max_new_tokens=9, mode="ar")):
         whole = generate(model64, prompts, cfg)
@@ -281,6 +282,53 @@ def test_chunked_prefill_equals_one_forward(model64, monkeypatch) -> None:
     monkeypatch.undo()
     assert again.tokens == generate(model64, [prompts[0][:30] + [7, 8, 9]], cfg).tokens
     assert first.tokens == generate(model64, [prompts[0]], cfg).tokens
+
+
+def test_identical_prompts_prefill_once_and_long_cpu_prompts_alone(model64, monkeypatch) -> None:
+    """N candidates of one prompt prefill once (the others copy its keys); on a CPU long prompts of different
+    lengths prefill one by one (a padded batch costs more there). The tokens are those of each row alone."""
+    import model.decoder as dec
+
+    rng = random.Random(5)
+    one = [rng.randrange(10, 1000) for _ in range(30)]
+    long_a, long_b = ([rng.randrange(10, 1000) for _ in range(n)] for n in (700, 420))
+    cfg = DecodeConfig(max_new_tokens=8, threshold=0.5)
+    alone = {tuple(p): generate(model64, [p], cfg).tokens[0] for p in (one, long_a, long_b)}
+    groups: list[int] = []
+    real = dec._prefill
+
+    def counting(model, x, *a, **k):
+        groups.append(x.shape[0])
+        return real(model, x, *a, **k)
+
+    monkeypatch.setattr(dec, "_prefill", counting)
+    res = generate(model64, [one, one, one], cfg)
+    assert groups == [1] and res.tokens == [alone[tuple(one)]] * 3
+    groups.clear()
+    res = generate(model64, [long_a, one, long_b], cfg)
+    assert sorted(groups) == [1, 1, 1] and res.tokens == [alone[tuple(p)] for p in (long_a, one, long_b)]
+
+
+def test_cpu_attention_shares_grouped_heads(model64) -> None:
+    """On a CPU, "sdpa" runs with the grouped key/value heads shared, not copied: the same logits as
+    transformers' own SDPA (which repeats them), under a block-causal mask with a padded row."""
+    from model.network import SDPA_GQA, set_attention_backend
+
+    assert model64.config.num_key_value_heads < model64.config.num_attention_heads
+    assert model64.config._attn_implementation == SDPA_GQA
+    ids = torch.tensor([[random.Random(k).randrange(10, 1000) for k in range(24)]] * 2)
+    pos = torch.arange(24)[None].expand(2, -1)
+    mask = block_causal_mask(pos, pos, 4)
+    mask[1, :, 20:] = False
+    mask[1] |= torch.eye(24, dtype=torch.bool)
+    ours = forward_logits(model64, ids, pos, mask)
+    try:
+        for m in model64.modules():
+            if hasattr(m, "config"):
+                m.config._attn_implementation = "sdpa"
+        assert torch.allclose(forward_logits(model64, ids, pos, mask), ours, atol=1e-12)
+    finally:
+        set_attention_backend(model64, "sdpa")
 
 
 def test_ar_mode_matches_full_forward_argmax(model64) -> None:
