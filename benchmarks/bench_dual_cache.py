@@ -23,6 +23,7 @@ mode's, forwards (all and full-canvas), generation wall time and tokens/s.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=60, help="tasks (a seeded subset, the harness's selection)")
     ap.add_argument("--context", type=int, default=256, help="prefix tokens kept nearest the hole (suffix: 1/4)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save", default=None, help="with --model: write every mode's completions to this JSONL")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,17 +151,23 @@ def humaneval(args) -> None:
         r["exact"] = sum(c.strip() == t.canonical_solution.strip() for t, c in zip(tasks, r["comps"], strict=True))
     n = len(tasks)
     base = results["exact"]
+    if args.save:
+        with open(Path(args.save).expanduser(), "w", encoding="utf-8") as f:
+            for i, t in enumerate(tasks):
+                f.write(json.dumps({"task_id": t.task_id, "canonical": t.canonical_solution,
+                                    **{name: r["comps"][i] for name, r in results.items()}}) + "\n")
     canon = sum(r.passed for r in sandbox.run_many([t.program(t.canonical_solution) for t in tasks]))
     print(f"{args.model}, HumanEval-Infilling {args.split}, {n} tasks (seed 0), canvas up to {args.gen} tokens, "
           f"context {args.context}/{args.context // 4}, {torch.get_num_threads()} threads; canonical solutions pass "
           f"{canon}/{n}\n")
-    print("| mode | pass@1 | exact match | answers differing from exact | forwards (full canvas) | "
-          "generation s | tokens/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| mode | pass@1 | exact match | empty answers | answers differing from exact | forwards (full canvas) | "
+          "generation s | answer tokens/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         diff = sum(a != b for a, b in zip(base["comps"], r["comps"], strict=True))
-        print(f"| {name} | {r['passed']}/{n} ({100 * r['passed'] / n:.1f}%) | {r['exact']}/{n} | {diff}/{n} | "
-              f"{r['nfe']} ({r['full']}) | {r['gen_s']:.1f} | {r['tokens'] / r['gen_s']:.1f} | "
+        empty = sum(not c.strip() for c in r["comps"])
+        print(f"| {name} | {r['passed']}/{n} ({100 * r['passed'] / n:.1f}%) | {r['exact']}/{n} | {empty}/{n} | "
+              f"{diff}/{n} | {r['nfe']} ({r['full']}) | {r['gen_s']:.1f} | {r['tokens'] / r['gen_s']:.2f} | "
               f"{base['gen_s'] / r['gen_s']:.2f}x |")
 
 
