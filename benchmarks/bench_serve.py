@@ -5,9 +5,9 @@
 
 Requests are llama.vim-shaped (256 lines of prefix, 64 of suffix, the cursor's line typed so far) at cursor
 positions spread over ``assistant/engine.py``: every request a new place, so no prompt cache helps. With
-``--typing CxK`` there are C editors instead, each typing into its own line (K requests, two characters apart,
-with its own ``id_slot`` as llama.vim sends them), so each editor's slot cache holds most of its next prompt,
-as in real use. Measured in one run, same requests everywhere:
+``--typing CxK`` there are C editors instead, each writing a line of its own at the line's end (K requests,
+two characters apart, with its own ``id_slot`` as llama.vim sends them), so each editor's slot cache holds most
+of its next prompt, as in real use. Measured in one run, same requests everywhere:
 
 * in process: the same prompt built and decoded by this process with no HTTP (the baseline for overhead),
   paired request by request with the server under 1 client, so that the machine's load drifts hit both;
@@ -51,7 +51,8 @@ def make_requests(n: int, n_predict: int, before: int = 256, after: int = 64) ->
 
 
 def make_typing(editors: int, keys: int, n_predict: int, before: int = 256, after: int = 64) -> list[dict]:
-    """``editors`` streams of ``keys`` requests each: one line typed two characters at a time, one slot each."""
+    """``editors`` streams of ``keys`` requests each: a line being written at its end, two characters a request
+    (what follows the cursor stays the same, as when typing), one slot each."""
     lines = (ROOT / "assistant" / "engine.py").read_text().splitlines(keepends=True)
     out = []
     for e in range(editors):
@@ -63,7 +64,7 @@ def make_typing(editors: int, keys: int, n_predict: int, before: int = 256, afte
         for k in range(keys):
             x = x0 + 2 * (k + 1)
             out.append({"id_slot": e, "input_prefix": "".join(lines[max(0, y - before): y]), "prompt": cur[:x],
-                        "input_suffix": cur[x:] + "".join(lines[y + 1: y + 1 + after]), "n_predict": n_predict,
+                        "input_suffix": "\n" + "".join(lines[y + 1: y + 1 + after]), "n_predict": n_predict,
                         "cache_prompt": True, "samplers": ["top_k", "top_p", "infill"], "t_max_prompt_ms": 500,
                         "stream": False})
     return out

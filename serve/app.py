@@ -50,7 +50,7 @@ class ServeConfig:
     cors: list[str] = field(default_factory=list)
     max_queue: int = 64
     max_batch: int = 16
-    max_batch_tokens: int = 8192  # prompt + new tokens of the rows of one batch
+    max_batch_tokens: int = 32768  # prompt + new tokens of the rows decoding together (their KV cache)
     max_body: int = 4 << 20
     max_predict: int = 1024  # the largest n_predict / max_tokens a request may ask for
     default_predict: int = 128  # when a request names none

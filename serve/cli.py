@@ -21,8 +21,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
                    help="allow browser requests from ORIGIN (repeatable; '*' for any); off by default")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
     p.add_argument("--max-batch", type=int, default=16, help="completion rows decoded together (default 16)")
-    p.add_argument("--max-batch-tokens", type=int, default=8192,
-                   help="prompt + new tokens of one batch's rows (default 8192): long prompts batch less")
+    p.add_argument("--max-batch-tokens", type=int, default=32768,
+                   help="prompt + new tokens of the rows decoding together (default 32768; their KV cache)")
     p.add_argument("--max-body", type=int, default=4 << 20, help="largest request body in bytes (default 4 MiB)")
     p.add_argument("--max-predict", type=int, default=1024,
                    help="largest n_predict / max_tokens a request may ask for (default 1024)")

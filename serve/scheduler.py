@@ -117,6 +117,7 @@ class _Live:
     t_join: float  # its prefill began
     t_ready: float  # its prefill ended
     cost: int  # tokens it holds (prompt + new): the batch's token budget
+    nfe0: int  # the decoder's forward count before it joined
     batch_max: int = 1  # the most rows it shared a forward with
     sent: str = ""  # what was streamed so far
 
@@ -125,15 +126,15 @@ class Scheduler:
     """Queue plus worker thread over one ``Engine`` (see the module docstring)."""
 
     def __init__(self, engine_loader: Callable[[], object], *, max_queue: int = 64, max_batch: int = 16,
-                 max_batch_tokens: int = 8192, max_slots: int = 32, metrics: Metrics | None = None) -> None:
+                 max_batch_tokens: int = 32768, max_slots: int = 32, metrics: Metrics | None = None) -> None:
         self._loader = engine_loader
         self.engine = None
         self.state = "loading"
         self.detail = ""
         self.max_queue = max_queue
         self.max_batch = max_batch
-        # Rows of long prompts batch less: on a CPU their prefill is compute-bound (a batch saves nothing there),
-        # while a batch waits for its longest row and copies its KV cache as rows leave (bench_serve.py).
+        # The tokens of the rows decoding together bound their KV pool (32768: 128 MB for the built-in model,
+        # about 4 GB for an 8B one in bf16); 16 llama.vim-sized rows fit.
         self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics or Metrics()
         self._pending: list[Job] = []
@@ -256,11 +257,9 @@ class Scheduler:
                 self._live, self._decoder = [], None  # a fresh pool: the old one's state is unknown
             finally:
                 with self._cv:
-                    running = {id(lv.job) for lv in self._live}
                     self._running = [lv.job for lv in self._live]
-                    for j in batch + admit:
-                        if id(j) not in running and j.slot is not None and self._by_slot.get(j.slot) is j:
-                            del self._by_slot[j.slot]
+                    for slot in [s for s, j in self._by_slot.items() if j.future.done()]:
+                        del self._by_slot[slot]
 
     def _can_stream(self) -> bool:
         """Whether completions go through the continuous block decoder (a block-diffusion checkpoint)."""
@@ -400,7 +399,7 @@ class Scheduler:
             cfgs = [self._row_config(j.payload) for j, _, _ in joiners]
             gens = [torch.Generator().manual_seed(j.payload.seed) if j.payload.seed is not None else None
                     for j, _, _ in joiners]
-            t_join = time.perf_counter()
+            t_join, nfe0 = time.perf_counter(), dec.nfe
             try:
                 with eng._lock:
                     rows = dec.add([ids for _, ids, _ in joiners], cfgs,
@@ -410,11 +409,11 @@ class Scheduler:
                     j.resolve(error=EngineError(str(e)))
                 rows = []
             t_ready = time.perf_counter()
-            if rows:
-                self.metrics.observe_batch(len(rows), 1, 0)
+            if rows and dec.nfe > nfe0:
+                self.metrics.observe_batch(len(rows), dec.nfe - nfe0, 0)
             for (j, ids, trunc), row in zip(joiners, rows, strict=False):
                 lv = _Live(job=j, row=row, prompt_len=len(ids), truncated=trunc, t_join=t_join, t_ready=t_ready,
-                           cost=len(ids) + max(j.payload.max_new, 1))
+                           cost=len(ids) + max(j.payload.max_new, 1), nfe0=nfe0)
                 if j.payload.max_new == 0:  # a warm-up: its prompt's keys are in the slot's cache now
                     dec.remove([row])
                     self._answer(lv, [], "length")
@@ -493,7 +492,7 @@ class Scheduler:
                                tokens_cached=row.reused, truncated=lv.truncated, finish=finish,
                                stopping_word=word, prompt_ms=(lv.t_ready - lv.t_join) * 1000,
                                predicted_ms=(now - lv.t_ready) * 1000, batch_size=lv.batch_max,
-                               nfe=self._decoder.nfe - row.joined_nfe + 1,
+                               nfe=self._decoder.nfe - lv.nfe0,  # its prefill and every step it was in
                                queued_ms=(lv.t_join - lv.job.submitted) * 1000)
         self.metrics.observe_completion(res)
         lv.job.resolve(res)
