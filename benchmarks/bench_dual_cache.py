@@ -65,8 +65,8 @@ def main() -> None:
         return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        # DreamOn: boosted expand / EOS rows, so that the random middles grow and shrink (bench_families.py's).
-        boost = {"<|expand|>": 2.5, "<|endoftext|>": 0.2} if args.family == "dreamon" else None
+        # DreamOn: a boosted expand row, so that the random middles grow (and shrink: EOS-as-delete).
+        boost = {"<|expand|>": 6.0, "<|endoftext|>": 1.0} if args.family == "dreamon" else None
         folder = write_family_checkpoint(Path(tmp) / args.family, args.family, hidden=args.hidden,
                                          layers=args.layers, heads=max(4, args.hidden // 64), kv_heads=2, boost=boost)
         model, _ = load_checkpoint(folder)
