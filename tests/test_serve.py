@@ -411,7 +411,9 @@ def test_requests_join_a_batch_that_is_decoding(join_server):
     url, state = join_server
     sch = state.scheduler
     long_body = {"input_prefix": "x = ", "input_suffix": "", "n_predict": 240, "id_slot": 1}
-    short_body = {"input_prefix": "def g(y):\n    return ", "input_suffix": "\n", "n_predict": 8, "id_slot": 2}
+    # The joining row samples (its own seeded generator: its draws do not depend on who else is in the batch).
+    short_body = {"input_prefix": "def g(y):\n    return ", "input_suffix": "\n", "n_predict": 8, "id_slot": 2,
+                  "temperature": 0.8, "seed": 7}
     solo_long = json.loads(post(url + "/infill", long_body)[2])
     solo_short = json.loads(post(url + "/infill", short_body)[2])
     assert solo_long["timings"]["batch_rows"] == 1 and solo_long["tokens_predicted"] > 100
