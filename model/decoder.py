@@ -177,13 +177,24 @@ def propose(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch
     logp_all = torch.log_softmax(lg.double(), -1)
     conf = _confidence(logp_all, x0, cfg.confidence, gen)
     logp = logp_all.gather(-1, x0[:, None])[:, 0]
+    return x0, logp, _choose(conf, cfg, schedule)
+
+
+def _choose(conf: torch.Tensor, cfg: DecodeConfig, schedule: list[int]) -> torch.Tensor:
+    """The remask commit rule on one block's confidences: indices to commit now."""
     order = torch.argsort(conf, descending=True)
     if cfg.threshold is None:
         k = schedule.pop(0) if schedule else len(order)
-        return x0, logp, order[: max(1, min(k, len(order)))]
+        return order[: max(1, min(k, len(order)))]
     keep = conf[order] >= cfg.threshold
     keep[0] = True
-    return x0, logp, order[keep]
+    return order[keep]
+
+
+def _greedy(cfg: DecodeConfig) -> bool:
+    """Rows whose proposals need no random numbers and no full distribution: decided for the whole batch in
+    two tensor calls instead of one set per row (the same numbers; a row's softmax is its own)."""
+    return cfg.commit_rule == "remask" and cfg.temperature <= 0 and cfg.confidence == "low_confidence"
 
 
 def _propose_sdar(lg: torch.Tensor, cfg: DecodeConfig, schedule: list[int], gen: torch.Generator | None
@@ -425,6 +436,13 @@ class BlockDecoder:
         self.steps += 1
         step = self.steps
         logits[..., mask_id] = float("-inf")
+        fast = [j for j, r in enumerate(rows) if _greedy(r.cfg)]  # type: ignore[arg-type]
+        where: dict[int, int] = {}
+        if fast:
+            lg = logits[fast]
+            g_x0 = lg.argmax(-1)
+            g_logp = torch.log_softmax(lg.double(), -1).gather(-1, g_x0[..., None])[..., 0]
+            where = {j: k for k, j in enumerate(fast)}
         finished = []
         for j, r in enumerate(rows):
             cfg = r.cfg
@@ -443,7 +461,12 @@ class BlockDecoder:
             masked = (win_ids[j, : block_end - r.block_start] == mask_id).nonzero().flatten()
             if masked.numel() == 0:
                 continue
-            x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule, r.gen if r.gen is not None else self.gen)
+            if j in where:
+                x0, logp = g_x0[where[j], masked], g_logp[where[j], masked]
+                chosen = _choose(logp.exp(), cfg, r.schedule)
+            else:
+                x0, logp, chosen = propose(logits[j, masked], cfg, r.schedule,
+                                           r.gen if r.gen is not None else self.gen)
             for c in chosen.tolist():
                 p = int(r.block_start + masked[c])
                 r.x[p] = int(x0[c])
