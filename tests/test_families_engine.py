@@ -165,3 +165,36 @@ def test_dream_dual_cache_is_an_option_exact_at_refresh_1_and_forwards_less(fold
     mask = model.remask_config.mask_token_id
     assert all(mask not in g for g in fast.generated)
     assert widths[0] == 32 and max(widths[1:4]) <= 13 and widths[4] == 32
+
+
+@pytest.mark.parametrize("name,flags", [("dream", []), ("dream", ["--cache", "dual", "--refresh", "2"]),
+                                        ("dreamon", [])])
+def test_eval_humaneval_infilling_fills_in_place_on_full_attention_families(folders, tmp_path, name, flags) -> None:
+    """``remask eval humaneval-infilling`` runs Dream-family checkpoints (it used to refuse them as 'logit
+    shift'): each hole is filled as the engine fills it, ``infill_generate`` over the task's prefix and suffix."""
+    from model import DecodeConfig
+    from model.families.run import infill_generate
+    from training.evals.common import prompt_budget, select
+    from training.evals.humaneval import _inplace_job, load_tasks
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "eval", "humaneval-infilling", "--model",
+                        str(folders[name]), "--limit", "2", "--max-new-tokens", "6", "--quiet", "--out", str(out),
+                        *flags], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(x["status"] in ("passed", "failed", "error", "timeout") for x in rows)
+    model, tok = load_checkpoint(folders[name])
+    tasks = select(load_tasks("single-line"), 2, 0)
+    cache, refresh = ("dual", 2) if flags else ("none", 8)
+    for t, row in zip(tasks, rows, strict=True):
+        job = _inplace_job(tok, t.prompt, t.suffix, prompt_budget(model, DecodeConfig(max_new_tokens=6)))
+        want = infill_generate(model, [job], max_new_tokens=6, cache=cache, refresh=refresh)
+        assert row["task_id"] == t.task_id and row["raw"] == tok.decode(want.tokens[0])
+
+
+def test_eval_cache_option_is_for_full_attention_families(test_model_dir, tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "eval", "humaneval-infilling", "--model", str(test_model_dir),
+                        "--limit", "1", "--max-new-tokens", "4", "--quiet", "--out", str(tmp_path / "x"),
+                        "--cache", "dual"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "full-attention" in r.stderr and "Traceback" not in r.stderr

@@ -84,6 +84,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     p.add_argument("--solutions", default=None,
                    help="score given completions instead of a model: canonical, wrong, or a JSONL of "
                         "task_id/completion (checks the harness)")
+    p.add_argument("--cache", choices=["none", "dual"], default="none",
+                   help="Dream/DreamOn only: 'dual' reuses the keys outside the masked span between refreshes "
+                        "(approximate, faster; default none = exact)")
+    p.add_argument("--refresh", type=int, default=8, metavar="N",
+                   help="with --cache dual: a full forward every N steps (default 8)")
 
     p = sub.add_parser("exact-match", help="exact match / edit similarity on tree-sitter spans of held-out files")
     _common(p, split=False)
@@ -205,9 +210,10 @@ def _run_humaneval(args) -> int:
     t0 = time.perf_counter()
     res = evaluate(args.split, model=model, tok=tok, dc=dc, solutions=args.solutions, limit=args.limit,
                    seed=args.seed, samples=args.samples, ks=args.k, batch_size=args.batch_size, sandbox=_sandbox(args),
-                   data=args.data, truncate=args.truncate, bos=args.bos, progress=_progress(args))
+                   data=args.data, truncate=args.truncate, bos=args.bos, progress=_progress(args),
+                   cache=args.cache, refresh=args.refresh)
     s = res.summary
-    s.update(mode=args.mode if dc else "given", threshold=dc.threshold if dc else None,
+    s.update(mode=args.mode if dc else "given", threshold=dc.threshold if dc else None, cache=args.cache,
              wall_s=round(time.perf_counter() - t0, 2))
     write_jsonl(out / "samples.jsonl", res.records)
     ks = sorted({1, *(k for k in args.k if f"pass@{k}" in s)})

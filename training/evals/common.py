@@ -158,6 +158,39 @@ def generate_batched(model, tok, prompts: Sequence[list[int]], dc, batch_size: i
     return [g for g in out if g is not None]
 
 
+def infill_batched(model, tok, jobs: Sequence[tuple[list[int], list[int]]], dc, batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None, cache: str = "none",
+                   refresh: int = 8) -> list[Generation]:
+    """Full-attention families (Dream, DreamOn): each hole filled in place between its prefix and suffix ids, as
+    the engine fills one (``model.families.run.infill_generate``); ``cache="dual"`` is the approximate mode."""
+    from model.families.run import infill_generate
+
+    out: list[Generation] = []
+    for b in range(0, len(jobs), batch_size):
+        batch = list(jobs[b: b + batch_size])
+        t0 = time.perf_counter()
+        try:
+            res = infill_generate(model, batch, max_new_tokens=dc.max_new_tokens, temperature=dc.temperature,
+                                  seed=None if dc.seed is None else dc.seed + b, cache=cache, refresh=refresh)
+        except ValueError as e:
+            raise EvalError(str(e)) from e
+        dt = time.perf_counter() - t0
+        for j, (pre, suf) in enumerate(batch):
+            toks = list(res.tokens[j])
+            out.append(Generation(text=tok.decode(toks), tokens=len(toks), nfe=max(res.nfe // len(batch), 1),
+                                  finish=res.finish[j], elapsed_s=dt, prompt_tokens=len(pre) + len(suf), ids=toks))
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def full_attention(model) -> bool:
+    """Whether the checkpoint's family fills holes in place (no FIM prompt, no block decoder)."""
+    from model.families import family_of
+
+    return family_of(model).attention == "full"
+
+
 # Files --------------------------------------------------------------------------------------------------
 def default_out_dir(name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

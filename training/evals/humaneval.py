@@ -14,7 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import EvalError, Generation, data_path, fim_prompt, generate_batched, prompt_budget, select
+from .common import (
+    EvalError,
+    Generation,
+    data_path,
+    fim_prompt,
+    full_attention,
+    generate_batched,
+    infill_batched,
+    prompt_budget,
+    select,
+)
 from .metrics import mean_pass_at_k
 from .sandbox import Sandbox
 
@@ -107,10 +117,12 @@ def summarize(records: list[dict], ks: list[int]) -> dict:
 def evaluate(split: str, *, model=None, tok=None, dc=None, solutions: str | None = None, limit: int | None = None,
              seed: int = 0, samples: int = 1, ks: list[int] | None = None, batch_size: int = 8,
              sandbox: Sandbox | None = None, data: str | Path | None = None, truncate: str = "auto",
-             bos: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Run:
+             bos: bool = False, progress: Callable[[str, int, int], None] | None = None, cache: str = "none",
+             refresh: int = 8) -> Run:
     """Generate (or take ``solutions``: "canonical", "wrong" or a JSONL of task_id/completion) and execute.
 
-    ``progress(stage, done, total)`` is called as generation and execution advance.
+    ``progress(stage, done, total)`` is called as generation and execution advance. Full-attention families
+    fill each hole in place between prefix and suffix (``cache``/``refresh``: Dream's approximate dual cache).
     """
     ks = ks or [1]
     tasks = select(load_tasks(split, data), limit, seed)
@@ -123,17 +135,29 @@ def evaluate(split: str, *, model=None, tok=None, dc=None, solutions: str | None
         if model is None or tok is None or dc is None:
             raise EvalError("need a model, tokenizer and decode config (or --solutions)")
         budget = prompt_budget(model, dc)
-        prompts = [fim_prompt(tok, t.prompt, t.suffix, budget, bos=bos) for t in tasks for _ in range(samples)]
+        inplace = full_attention(model)
+        if cache != "none" and not inplace:
+            raise EvalError("--cache dual is for full-attention families (Dream, DreamOn); this checkpoint decodes "
+                            "block by block with an exact KV cache already")
+        if inplace:
+            jobs = [_inplace_job(tok, t.prompt, t.suffix, budget) for t in tasks for _ in range(samples)]
+        else:
+            prompts = [fim_prompt(tok, t.prompt, t.suffix, budget, bos=bos) for t in tasks for _ in range(samples)]
         done = [0]
-        if progress:
-            progress("generate", 0, len(prompts))
 
         def gen_progress(k: int) -> None:
             done[0] += k
             if progress:
-                progress("generate", done[0], len(prompts))
+                progress("generate", done[0], total)
 
-        gens = generate_batched(model, tok, prompts, dc, batch_size=batch_size, progress=gen_progress)
+        total = len(jobs) if inplace else len(prompts)
+        if progress:
+            progress("generate", 0, total)
+        if inplace:
+            gens = infill_batched(model, tok, jobs, dc, batch_size=batch_size, progress=gen_progress, cache=cache,
+                                  refresh=refresh)
+        else:
+            gens = generate_batched(model, tok, prompts, dc, batch_size=batch_size, progress=gen_progress)
         completions = [(t, postprocess(split, g.text, truncate)) for t, g in
                        zip([t for t in tasks for _ in range(samples)], gens, strict=True)]
     gen_s = time.perf_counter() - t0
@@ -167,6 +191,13 @@ def evaluate(split: str, *, model=None, tok=None, dc=None, solutions: str | None
     if gens is not None:
         summary["tokens_per_s"] = summary.get("tokens", 0) / max(gen_s, 1e-9)
     return Run(records, summary)
+
+
+def _inplace_job(tok, prefix: str, suffix: str, budget: int) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids for an in-place fill, the nearest ``budget`` tokens (the suffix up to a third)."""
+    s = tok.encode(suffix)[: budget // 3] if suffix else []
+    p = tok.encode(prefix) if prefix else []
+    return p[len(p) - min(len(p), budget - len(s)):], s
 
 
 def _given_completions(tasks: list[Task], solutions: str) -> list[tuple[Task, str]]:
