@@ -123,6 +123,9 @@ class Settings:
     context_tokens: int = 1536  # budget for prefix + suffix around a span
     candidate_temperature: float = 0.8  # regenerate with n > 1 at temperature 0 samples the candidates at this
     span_tokens: int = 384  # spans_at offers enclosing spans up to this many tokens
+    # Full-attention families (Dream, DreamOn) only: the approximate dual cache with a full forward every N steps
+    # (faster, may change tokens: BENCHMARKS.md); None is the exact mode. Block families are exact already.
+    dual_cache: int | None = None
 
 
 StepCallback = Callable[[EngineStep], None]

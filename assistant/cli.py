@@ -30,7 +30,7 @@ class CliError(Exception):
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
-    from model.cli import add_decode_arguments, add_model_arguments
+    from model.cli import add_decode_arguments, add_dual_cache_argument, add_model_arguments
 
     p.add_argument("file", help="source file, or - for standard input")
     if command == "fill":
@@ -73,6 +73,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
                         "REMASK_API_KEY for its key)")
     add_model_arguments(p)
     add_decode_arguments(p)
+    add_dual_cache_argument(p)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -207,6 +208,8 @@ def _settings(args: argparse.Namespace) -> Settings:
                  seed=args.seed)
     if getattr(args, "candidates", None) is not None:
         s.candidates = args.candidates
+    if getattr(args, "dual_cache", None) is not None:
+        s.dual_cache = args.dual_cache
     if getattr(args, "repair_threshold", None) is not None:
         s.repair_threshold = args.repair_threshold
     if getattr(args, "repair_fraction", None) is not None:
@@ -281,6 +284,8 @@ def _check_arguments(command: str, args: argparse.Namespace, text: str) -> None:
             raise CliError("--repair-fraction must be in (0, 1]")
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
+    if args.dual_cache is not None and args.dual_cache < 1:
+        raise CliError("--dual-cache must be at least 1")
     if args.apply and args.file != "-":
         path = Path(os.path.realpath(args.file))
         try:

@@ -864,7 +864,8 @@ class Engine:
 
         try:
             res = dream_canvas_generate(self.model, [canvas], DreamConfig(
-                steps=max(1, n_mask), temperature=s.temperature, seed=s.seed, top_k=None, alg="entropy"),
+                steps=max(1, n_mask), temperature=s.temperature, seed=s.seed, top_k=None, alg="entropy",
+                cache="dual" if s.dual_cache else "none", refresh=s.dual_cache or 8),
                 callback=on_step, cancel=self._cancel(cancel))
         except DecodeCancelled as e:
             raise Cancelled() from e
@@ -972,7 +973,8 @@ class Engine:
                 res = infill_generate(self.model, [(p.prefix_ids or [], p.suffix_ids or []) for p in prompts],
                                       max_new_tokens=s.max_new_tokens, hints=hints, temperature=s.temperature,
                                       seed=s.seed, stop_ids=stop_ids, callback=on_step if callback else None,
-                                      cancel=check)
+                                      cancel=check, cache="dual" if s.dual_cache else "none",
+                                      refresh=s.dual_cache or 8)
         except DecodeCancelled as e:
             raise Cancelled() from e
         except ValueError as e:

@@ -32,6 +32,12 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_dual_cache_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dual-cache", type=int, default=None, metavar="N",
+                   help="Dream/DreamOn only: approximate dual cache, a full forward every N steps (faster, may change "
+                        "the answer; default: exact)")
+
+
 def decode_config_from_args(args: argparse.Namespace, **kw):
     from .decoder import DecodeConfig
 

@@ -301,7 +301,7 @@ def _timings(r: CompletionResult) -> dict:
     pn = max(r.prompt_tokens - r.tokens_cached, 0)
     return {"prompt_n": pn, "prompt_ms": round(r.prompt_ms, 3),
             "prompt_per_token_ms": round(r.prompt_ms / max(pn, 1), 3),
-            "prompt_per_second": round(pn / max(r.prompt_ms / 1000, 1e-9), 3),
+            "prompt_per_second": round(pn / (r.prompt_ms / 1000), 3) if r.prompt_ms > 0 else 0.0,
             "predicted_n": r.tokens_predicted, "predicted_ms": round(r.predicted_ms, 3),
             "predicted_per_token_ms": round(r.predicted_ms / max(r.tokens_predicted, 1), 3),
             "predicted_per_second": round(r.tokens_predicted / max(r.predicted_ms / 1000, 1e-9), 3),

@@ -249,6 +249,8 @@ class Scheduler:
                     self._continue(admit)
                 elif batch[0].kind == "op":
                     self._run_op(batch[0])
+                elif getattr(self.engine.family, "attention", "block") == "full":
+                    self._run_inplace(batch)
                 else:
                     self._run_batch(batch)
             except BaseException as e:  # noqa: BLE001 - the worker must survive any request
@@ -496,6 +498,58 @@ class Scheduler:
                                queued_ms=(lv.t_join - lv.job.submitted) * 1000)
         self.metrics.observe_completion(res)
         lv.job.resolve(res)
+
+    def _run_inplace(self, batch: list[Job]) -> None:
+        """Full-attention families (Dream, DreamOn): the rows' holes filled in place between prefix and suffix in
+        one ``infill_generate`` call, as the engine fills a hole (context files go before the prefix)."""
+        from assistant.api import EngineError
+        from model.decoder import DecodeCancelled
+        from model.families.run import infill_generate
+
+        eng = self.engine
+        live = [j for j in batch if not (j.cancelled.is_set() and j.resolve(error=JobCancelled(j.reason)))]
+        jobs, ok = [], []
+        c0: Completion = live[0].payload if live else Completion()  # type: ignore[assignment]
+        s = replace(eng.settings, max_new_tokens=max(c0.max_new, 1), temperature=c0.temperature, seed=c0.seed)
+        for j in live:
+            c: Completion = j.payload  # type: ignore[assignment]
+            try:
+                if c.ids is not None:
+                    raise EngineError("this model fills in place; it has no chat prompt")
+                p = eng._fim_prompt(render_extra(c.extra) + c.prefix if c.extra else c.prefix, c.suffix, s)
+            except EngineError as e:
+                j.resolve(error=e)
+                continue
+            jobs.append((p.prefix_ids or [], p.suffix_ids or []))
+            ok.append((j, p))
+        if not ok:
+            return
+        t0 = time.perf_counter()
+        try:
+            with eng._lock:
+                res = infill_generate(eng.model, jobs, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                      seed=s.seed, cancel=lambda: all(j.cancelled.is_set() for j, _ in ok),
+                                      cache="dual" if s.dual_cache else "none", refresh=s.dual_cache or 8)
+        except DecodeCancelled:
+            for j, _ in ok:
+                j.resolve(error=JobCancelled(j.reason or "cancelled"))
+            return
+        except ValueError as e:
+            for j, _ in ok:
+                j.resolve(error=EngineError(str(e)))
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        self.metrics.observe_batch(len(ok), res.nfe, res.generated)
+        for k, (j, p) in enumerate(ok):
+            c = j.payload  # type: ignore[assignment]
+            toks = list(res.tokens[k]) if c.max_new > 0 else []
+            text, word = self._finish_text(c, toks) if c.max_new > 0 else ("", None)
+            r = CompletionResult(text=text, tokens_predicted=len(toks), prompt_tokens=len(jobs[k][0]) + len(jobs[k][1]),
+                                 tokens_cached=0, truncated=p.trimmed, finish="stop" if word else res.finish[k],
+                                 stopping_word=word, prompt_ms=0.0, predicted_ms=ms, batch_size=len(ok), nfe=res.nfe,
+                                 queued_ms=(t0 - j.submitted) * 1000)
+            self.metrics.observe_completion(r)
+            j.resolve(r)
 
     def _run_batch(self, batch: list[Job]) -> None:
         from assistant.api import EngineError

@@ -198,3 +198,47 @@ def test_eval_cache_option_is_for_full_attention_families(test_model_dir, tmp_pa
                         "--limit", "1", "--max-new-tokens", "4", "--quiet", "--out", str(tmp_path / "x"),
                         "--cache", "dual"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "full-attention" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["dream", "dreamon"])
+def test_engine_dual_cache_setting(folders, name) -> None:
+    """``Settings.dual_cache`` (``--dual-cache N``) reaches the full-attention loop: a refresh every step is the
+    exact answer; a refresh every 3 steps forwards fewer full-width canvases and still fills the hole."""
+    def fill(s: Settings) -> tuple[str, list[int]]:
+        eng = Engine.load(str(folders[name]), settings=s)
+        widths: list[int] = []
+        hook = eng.model.model.register_forward_pre_hook(
+            lambda mod, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        try:
+            r = eng.fill(SRC, SRC.index("<FILL>"))
+        finally:
+            hook.remove()
+        return r.candidates[0].new_text, widths
+
+    exact, w0 = fill(Settings(max_new_tokens=6))
+    assert fill(Settings(max_new_tokens=6, dual_cache=1))[0] == exact
+    text, w3 = fill(Settings(max_new_tokens=6, dual_cache=3))
+    full = max(w0)
+    assert text.startswith("def mean(xs):\n") and sum(w == full for w in w3) < sum(w == full for w in w0)
+    r = subprocess.run([sys.executable, "-m", "ui.cli", "fill", "-", "--model", str(folders[name]), "--dual-cache",
+                        "0"], input=SRC, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--dual-cache must be at least 1" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["dream", "dreamon"])
+def test_serve_fills_in_place_on_full_attention_families(folders, name) -> None:
+    """``remask serve`` on a Dream-family checkpoint answers /infill and /v1/completions (it used to refuse them as
+    'logit shift'): the hole between prefix and suffix filled as ``infill_generate`` fills it."""
+    from model.families.run import infill_generate
+    from serve.app import ServeConfig
+    from tests.test_serve import post, running
+
+    prefix, suffix = "def f(x):\n    return ", "\n\nprint(f(2))\n"
+    with running(ServeConfig(model=str(folders[name]))) as (url, state):
+        eng = state.scheduler.engine
+        p = eng._fim_prompt(prefix, suffix, Settings(max_new_tokens=8))
+        want = eng.tok.decode(infill_generate(eng.model, [(p.prefix_ids, p.suffix_ids)], max_new_tokens=8).tokens[0])
+        st, _, b = post(url + "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 8})
+        assert st == 200 and json.loads(b)["content"] == want
+        st, _, b = post(url + "/v1/completions", {"prompt": prefix, "suffix": suffix, "max_tokens": 8})
+        assert st == 200 and json.loads(b)["choices"][0]["text"] == want
