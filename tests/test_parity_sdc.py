@@ -22,8 +22,8 @@ import torch
 from reference import transformers_at
 
 from model import DecodeConfig, generate, load_checkpoint, reference_generate
-from model.decoder import BlockDecoder
 from model.cache import PromptCache
+from model.decoder import BlockDecoder
 from model.testing import make_test_tokenizer, write_stable_diffcoder_folder
 
 ROOT = Path(__file__).resolve().parents[1]
