@@ -52,6 +52,8 @@ class ServerConfig:
     # Ghost text whose mean token confidence is below this is not shown (0: show everything). The default is
     # measured with benchmarks/measure_min_confidence.py on the built-in model (BENCHMARKS.md).
     min_confidence: float = MIN_CONFIDENCE
+    # Dream/DreamOn only: their approximate dual cache, a full forward every N steps (null: exact, the default)
+    dual_cache: int | None = None
     features: Features = field(default_factory=Features)
 
     def settings(self, *, inline: bool = False) -> Settings:
@@ -59,7 +61,8 @@ class ServerConfig:
         return Settings(block_size=self.block_size, threshold=None if self.steps else self.threshold,
                         steps=self.steps, temperature=self.temperature,
                         max_new_tokens=self.inline_max_tokens if inline else self.max_tokens,
-                        candidates=self.candidates, repair_threshold=self.diagnostics_threshold)
+                        candidates=self.candidates, repair_threshold=self.diagnostics_threshold,
+                        dual_cache=self.dual_cache)
 
     def as_json(self) -> dict[str, Any]:
         """The configuration in the editor's spelling (for ``remask/status``)."""
@@ -174,4 +177,5 @@ _VALIDATORS = {
     "diagnostics_threshold": _float(0.0, 1.0),
     "progress_delay_ms": _int(0, 60_000),
     "min_confidence": _float(0.0, 1.0),
+    "dual_cache": _int(1, 1024, nullable=True),
 }

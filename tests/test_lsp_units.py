@@ -200,3 +200,12 @@ def test_min_confidence_setting_and_flag():
     add_arguments("lsp", p)
     assert config_from_args(p.parse_args([])).min_confidence == MIN_CONFIDENCE
     assert config_from_args(p.parse_args(["--min-confidence", "0.05"])).min_confidence == 0.05
+
+
+def test_dual_cache_setting_reaches_the_engine_settings() -> None:
+    cfg = ServerConfig().updated({"remask": {"dualCache": 4}})
+    assert cfg.settings().dual_cache == 4 and ServerConfig().settings().dual_cache is None
+    assert cfg.as_json()["dualCache"] == 4
+    for bad in (0, "4", 2.5):
+        with pytest.raises(ConfigError, match="dualCache"):
+            cfg.updated({"dualCache": bad})
