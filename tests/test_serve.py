@@ -426,7 +426,7 @@ def test_requests_join_a_batch_that_is_decoding(join_server):
     t = threading.Thread(target=first)
     t.start()
     _wait(lambda: sch._live)
-    time.sleep(0.05)  # well inside the long decode (hundreds of steps)
+    time.sleep(0.01)  # well inside the long decode (hundreds of steps)
     short = json.loads(post(url + "/infill", short_body)[2])
     short_done = time.monotonic()
     t.join(60)
