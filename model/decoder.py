@@ -246,7 +246,6 @@ class _Row:
         self.reused = 0  # prompt tokens whose keys came from a prompt cache
         self.committed = 0  # tokens committed by the step numbered ``committed_step``
         self.committed_step = -1
-        self.joined_nfe = 0  # the decoder's forward count when the row joined (its share of the work)
 
     def canvas(self, block: int) -> list[int]:
         """Generated tokens so far, ``mask_id`` where still masked (up to the current block's end)."""
@@ -299,7 +298,7 @@ class BlockDecoder:
         """Prefill new rows and make them active; returns them in input order.
 
         A row with a prompt cache reuses the keys of the whole blocks its prompt shares with the cache's last
-        prompt and leaves its own there. Rows that reuse the same number of tokens prefill in one forward.
+        prompt and leaves its own there. Identical prompts prefill once; others share a forward when ``_fits``.
         """
         n = len(prompts)
         if n == 0:
@@ -372,7 +371,6 @@ class BlockDecoder:
                 stored.add(id(pc))
                 pc.store(self.model, new[k].prompt[: new[k].block_start], B, self.pool.view(slot[k], slot[k] + 1))
         for r in new:
-            r.joined_nfe = self.nfe
             _new_block(r, r.cfg, B, self.mask_id)  # type: ignore[arg-type]
         self.rows.extend(new[k] for k in layout)
         return new

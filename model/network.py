@@ -13,6 +13,7 @@ import inspect
 
 import torch
 from transformers import LlamaForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .cache import BlockKVCache
 from .config import ModelConfig
@@ -28,8 +29,6 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, s
     """transformers repeats K/V per query head whenever a mask is given, because its CUDA kernels need that;
     PyTorch's CPU kernels take the grouped heads as they are (the same numbers, about half the step time with 16
     rows of 500 cached tokens: bench_serve.py)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (attention_mask is None or query.device.type != "cpu" or key.shape[1] == query.shape[1]
             or kwargs.get("output_attentions") or kwargs.get("softcap") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

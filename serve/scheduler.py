@@ -439,7 +439,7 @@ class Scheduler:
                 continue
             c = lv.job.payload
             if lv.job.progress is not None or c.t_max_predict_ms is not None:
-                toks = self._so_far(row)
+                toks = self._so_far(row.canvas(dec.B))
                 if c.t_max_predict_ms is not None and (now - lv.t_join) * 1000 > c.t_max_predict_ms:
                     # A time cap: answer with the lines written so far (the whole text while there is no line)
                     dec.remove([row])
@@ -464,15 +464,24 @@ class Scheduler:
             lv.job.resolve(error=JobCancelled(lv.job.reason or "cancelled"))
         self._live = [lv for lv in self._live if lv not in out]
 
-    def _so_far(self, row) -> list[int]:
-        """A running row's generated tokens up to its first mask or EOS."""
+    def _so_far(self, seq: list[int]) -> list[int]:
+        """Generated tokens (``mask`` where still masked) up to the first mask or EOS."""
         eng = self.engine
-        seq = row.canvas(self._decoder.B)
         if eng.mask in seq:
             seq = seq[: seq.index(eng.mask)]
         if eng.eos in seq:
             seq = seq[: seq.index(eng.eos)]
         return seq
+
+    @staticmethod
+    def _whole_lines(text: str, sent: str) -> str:
+        """A time-capped answer: the lines written so far (all of it while there is no line), never less than
+        what was already streamed."""
+        if "\n" in text.rstrip("\n"):
+            text = text[: text.rstrip("\n").rfind("\n") + 1]
+            if len(sent) > len(text) and sent.startswith(text):
+                text = sent
+        return text
 
     def _finish_text(self, c: Completion, toks: list[int]) -> tuple[str, str | None]:
         text, word = cut_stop(self.engine.tok.decode(toks), c.stop)
@@ -483,10 +492,8 @@ class Scheduler:
         now = time.perf_counter()
         warm = c.max_new == 0
         text, word = ("", None) if warm else self._finish_text(c, toks)
-        if cut_line and "\n" in text.rstrip("\n"):
-            text = text[: text.rstrip("\n").rfind("\n") + 1]
-            if len(lv.sent) > len(text) and lv.sent.startswith(text):
-                text = lv.sent  # never less than what was already streamed
+        if cut_line:
+            text = self._whole_lines(text, lv.sent)
         if word is not None:
             finish = "stop"
         row = lv.row
@@ -587,20 +594,8 @@ class Scheduler:
         first_step = [None]
         sent = [""] * n
         answered = [False] * n
-        eos, mask = eng.eos, eng.mask
+        eos = eng.eos
         warm = c0.max_new == 0
-
-        def row_tokens(seq: list[int], limit: int) -> list[int]:
-            seq = seq[:limit]
-            if mask in seq:
-                seq = seq[: seq.index(mask)]
-            if eos in seq:
-                seq = seq[: seq.index(eos)]
-            return seq
-
-        def finish_text(k: int, toks: list[int]) -> tuple[str, str | None]:
-            text, word = cut_stop(eng.tok.decode(toks), rows[k].stop)
-            return cut_indent(text, rows[k].n_indent), word
 
         def answer(k: int, toks: list[int], finish: str, nfe: int, reused: int, cut_line: bool = False) -> None:
             if answered[k]:
@@ -608,11 +603,9 @@ class Scheduler:
             answered[k] = True
             now = time.perf_counter()
             pm = ((first_step[0] or now) - t0) * 1000
-            text, word = ("", None) if warm else finish_text(k, toks)
-            if cut_line and "\n" in text.rstrip("\n"):
-                text = text[: text.rstrip("\n").rfind("\n") + 1]
-                if len(sent[k]) > len(text) and sent[k].startswith(text):
-                    text = sent[k]  # never less than what was already streamed
+            text, word = ("", None) if warm else self._finish_text(rows[k], toks)
+            if cut_line:
+                text = self._whole_lines(text, sent[k])
             if word is not None:
                 finish = "stop"
             res = CompletionResult(text=text, tokens_predicted=0 if warm else len(toks),
@@ -635,7 +628,7 @@ class Scheduler:
                 c = rows[k]
                 limit = max(c.max_new, 1)
                 if ev.done[k]:
-                    toks = row_tokens(ev.rows[k], limit)
+                    toks = self._so_far(ev.rows[k][:limit])
                     fin = "eos" if eos in ev.rows[k][:limit] and len(toks) < limit else "length"
                     answer(k, toks, fin, ev.nfe, 0 if cache is None else reused_box[0])
                     continue
@@ -644,8 +637,8 @@ class Scheduler:
                 need_text = live[k].progress is not None or c.t_max_predict_ms is not None
                 if not need_text:
                     continue
-                toks = row_tokens(ev.rows[k], limit)
-                text, _ = finish_text(k, toks)
+                toks = self._so_far(ev.rows[k][:limit])
+                text, _ = self._finish_text(c, toks)
                 if c.t_max_predict_ms is not None and (now - t0) * 1000 > c.t_max_predict_ms:
                     # A time cap: answer with the lines written so far (the whole text while there is no line)
                     answer(k, toks, "time", ev.nfe, reused_box[0], cut_line=True)

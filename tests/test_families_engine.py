@@ -174,8 +174,8 @@ def test_eval_humaneval_infilling_fills_in_place_on_full_attention_families(fold
     shift'): each hole is filled as the engine fills it, ``infill_generate`` over the task's prefix and suffix."""
     from model import DecodeConfig
     from model.families.run import infill_generate
-    from training.evals.common import prompt_budget, select
-    from training.evals.humaneval import _inplace_job, load_tasks
+    from training.evals.common import context_ids, prompt_budget, select
+    from training.evals.humaneval import load_tasks
 
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "ui.cli", "eval", "humaneval-infilling", "--model",
@@ -188,7 +188,7 @@ def test_eval_humaneval_infilling_fills_in_place_on_full_attention_families(fold
     tasks = select(load_tasks("single-line"), 2, 0)
     cache, refresh = ("dual", 2) if flags else ("none", 8)
     for t, row in zip(tasks, rows, strict=True):
-        job = _inplace_job(tok, t.prompt, t.suffix, prompt_budget(model, DecodeConfig(max_new_tokens=6)))
+        job = context_ids(tok, t.prompt, t.suffix, prompt_budget(model, DecodeConfig(max_new_tokens=6)))
         want = infill_generate(model, [job], max_new_tokens=6, cache=cache, refresh=refresh)
         assert row["task_id"] == t.task_id and row["raw"] == tok.decode(want.tokens[0])
 

@@ -55,10 +55,16 @@ def fim_prompt(tok, prefix: str, suffix: str, budget: int = 2048, bos: bool = Fa
     room = budget - len(head) - 3
     if room < 2:
         raise EvalError(f"a prompt budget of {budget} tokens leaves no room for context")
+    p, s = context_ids(tok, prefix, suffix, room)
+    return head + [suf_id] + s + [pre_id] + p + [mid_id]
+
+
+def context_ids(tok, prefix: str, suffix: str, room: int) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids in at most ``room`` tokens, those nearest the hole; the suffix gets up to a third
+    (what it does not use goes to the prefix). Also the in-place layout of full-attention families."""
     s = tok.encode(suffix)[: room // 3] if suffix else []
     p = tok.encode(prefix) if prefix else []
-    p = p[len(p) - min(len(p), room - len(s)):]
-    return head + [suf_id] + s + [pre_id] + p + [mid_id]
+    return p[len(p) - min(len(p), room - len(s)):], s
 
 
 def prompt_budget(model, dc) -> int:

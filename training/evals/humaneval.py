@@ -6,6 +6,7 @@ sandbox. Scores: pass@1 (greedy, or the unbiased estimator over samples) and pas
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from .common import (
     EvalError,
     Generation,
+    context_ids,
     data_path,
     fim_prompt,
     full_attention,
@@ -140,24 +142,21 @@ def evaluate(split: str, *, model=None, tok=None, dc=None, solutions: str | None
             raise EvalError("--cache dual is for full-attention families (Dream, DreamOn); this checkpoint decodes "
                             "block by block with an exact KV cache already")
         if inplace:
-            jobs = [_inplace_job(tok, t.prompt, t.suffix, budget) for t in tasks for _ in range(samples)]
+            items = [context_ids(tok, t.prompt, t.suffix, budget) for t in tasks for _ in range(samples)]
+            decode = functools.partial(infill_batched, cache=cache, refresh=refresh)
         else:
-            prompts = [fim_prompt(tok, t.prompt, t.suffix, budget, bos=bos) for t in tasks for _ in range(samples)]
+            items = [fim_prompt(tok, t.prompt, t.suffix, budget, bos=bos) for t in tasks for _ in range(samples)]
+            decode = generate_batched
         done = [0]
+        if progress:
+            progress("generate", 0, len(items))
 
         def gen_progress(k: int) -> None:
             done[0] += k
             if progress:
-                progress("generate", done[0], total)
+                progress("generate", done[0], len(items))
 
-        total = len(jobs) if inplace else len(prompts)
-        if progress:
-            progress("generate", 0, total)
-        if inplace:
-            gens = infill_batched(model, tok, jobs, dc, batch_size=batch_size, progress=gen_progress, cache=cache,
-                                  refresh=refresh)
-        else:
-            gens = generate_batched(model, tok, prompts, dc, batch_size=batch_size, progress=gen_progress)
+        gens = decode(model, tok, items, dc, batch_size=batch_size, progress=gen_progress)
         completions = [(t, postprocess(split, g.text, truncate)) for t, g in
                        zip([t for t in tasks for _ in range(samples)], gens, strict=True)]
     gen_s = time.perf_counter() - t0
@@ -191,13 +190,6 @@ def evaluate(split: str, *, model=None, tok=None, dc=None, solutions: str | None
     if gens is not None:
         summary["tokens_per_s"] = summary.get("tokens", 0) / max(gen_s, 1e-9)
     return Run(records, summary)
-
-
-def _inplace_job(tok, prefix: str, suffix: str, budget: int) -> tuple[list[int], list[int]]:
-    """Prefix and suffix ids for an in-place fill, the nearest ``budget`` tokens (the suffix up to a third)."""
-    s = tok.encode(suffix)[: budget // 3] if suffix else []
-    p = tok.encode(prefix) if prefix else []
-    return p[len(p) - min(len(p), budget - len(s)):], s
 
 
 def _given_completions(tasks: list[Task], solutions: str) -> list[tuple[Task, str]]:
